@@ -36,11 +36,14 @@ from raft.messages import (
     HardState,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Message,
     Propose,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
+    Snapshot,
+    SnapshotResponse,
     TimeoutNow,
     TransferLeader,
     VoteResponse,
@@ -48,11 +51,12 @@ from raft.messages import (
 from raft.progress import Progress, ProgressState
 from raft.read_only import ReadOnly, ReadRequest
 from raft.ready import ReadState, Ready, Role, SoftState
+from raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
 from raft.storage import CompactedError, Storage
 
 log = logging.getLogger(__name__)
 
-_LEADER_TRAFFIC = (AppendEntries, Heartbeat, TimeoutNow, ReadIndexResponse)
+_LEADER_TRAFFIC = (AppendEntries, Heartbeat, TimeoutNow, ReadIndexResponse, InstallSnapshot)
 """Messages a leader may send before persisting: they promise nothing about its disk."""
 
 
@@ -72,6 +76,10 @@ class Config:
     """Byte cap of the entries in one AppendEntries (at least one entry is always sent)."""
     max_inflight_msgs: int = 256
     """Unacknowledged AppendEntries allowed per follower in replicate state."""
+    max_snapshot_chunk: int = 1 << 20
+    """Byte cap of one InstallSnapshot chunk."""
+    snapshot_window: int = 4
+    """Unacknowledged snapshot chunks allowed per follower."""
     max_committed_size_per_ready: int = 64 << 20
     disable_proposal_forwarding: bool = False
     applied: int = 0
@@ -84,8 +92,16 @@ class Config:
             raise ValueError("heartbeat_tick must be at least 1")
         if self.election_tick <= self.heartbeat_tick:
             raise ValueError("election_tick must be greater than heartbeat_tick")
-        if self.max_inflight_msgs < 1 or self.max_size_per_msg < 1:
-            raise ValueError("max_inflight_msgs and max_size_per_msg must be positive")
+        if (
+            min(
+                self.max_inflight_msgs,
+                self.max_size_per_msg,
+                self.max_snapshot_chunk,
+                self.snapshot_window,
+            )
+            < 1
+        ):
+            raise ValueError("flow-control limits must be positive")
         if self.applied < 0:
             raise ValueError("applied must not be negative")
 
@@ -137,6 +153,7 @@ class RaftCore:
         self._lead_transferee = NONE
         self._read_only = ReadOnly()
         self._reads_awaiting_commit: list[tuple[int, bytes]] = []
+        self._snapshot_receiver: SnapshotReceiver | None = None
 
         self._messages: list[Message] = []
         self._persisted_messages: list[Message] = []
@@ -174,6 +191,10 @@ class RaftCore:
     @property
     def voters(self) -> frozenset[int]:
         return self._voters
+
+    @property
+    def learners(self) -> frozenset[int]:
+        return self._learners
 
     def status(self) -> Status:
         progress: dict[int, PeerStatus] = {}
@@ -305,6 +326,7 @@ class RaftCore:
             or self._persisted_messages
             or self._read_states
             or self.log.unstable
+            or self.log.pending_snapshot is not None
             or self.log.committed > self.log.applied
             or self._soft_state() != self._prev_soft
             or self._hard_state() != self._prev_hard
@@ -328,8 +350,10 @@ class RaftCore:
             persisted_messages=self._persisted_messages,
             read_states=self._read_states,
             must_sync=bool(entries)
+            or self.log.pending_snapshot is not None
             or hard.term != self._prev_hard.term
             or hard.vote != self._prev_hard.vote,
+            snapshot=self.log.pending_snapshot,
         )
         self._messages = []
         self._persisted_messages = []
@@ -342,6 +366,8 @@ class RaftCore:
     def advance(self, ready: Ready) -> None:
         """The driver has persisted, sent and applied ``ready``."""
         self._ready_outstanding = False
+        if ready.snapshot is not None:
+            self.log.stable_snapshot_to(ready.snapshot.meta.index)
         if ready.entries:
             last = ready.entries[-1]
             self.log.stable_to(last.index, last.term)
@@ -505,7 +531,7 @@ class RaftCore:
                 return True  # answering a pre-vote never changes our term
         if isinstance(message, VoteResponse) and message.pre_vote and not message.reject:
             return True  # our term moves when the real campaign starts
-        if isinstance(message, (AppendEntries, Heartbeat)):
+        if isinstance(message, (AppendEntries, Heartbeat, InstallSnapshot)):
             self._become_follower(message.term, message.frm)
         else:
             self._become_follower(message.term, NONE)
@@ -513,7 +539,7 @@ class RaftCore:
 
     def _answer_stale(self, message: Message) -> None:
         """A message from an earlier term: tell the sender our term where that helps."""
-        if isinstance(message, (AppendEntries, Heartbeat)):
+        if isinstance(message, (AppendEntries, Heartbeat, InstallSnapshot)):
             # A stale leader cut off by PreVote/CheckQuorum would otherwise never
             # learn the new term and could disrupt the cluster when it returns.
             self._send(
@@ -563,6 +589,8 @@ class RaftCore:
             self._handle_append_response(message)
         elif isinstance(message, HeartbeatResponse):
             self._handle_heartbeat_response(message)
+        elif isinstance(message, SnapshotResponse):
+            self._handle_snapshot_response(message)
         elif isinstance(message, Propose):
             if self._lead_transferee != NONE:
                 log.debug("node %d dropping forwarded proposals: transfer in progress", self._id)
@@ -598,10 +626,15 @@ class RaftCore:
         if progress.maybe_update(message.index) or (
             progress.match == message.index and progress.state is ProgressState.PROBE
         ):
-            if progress.state is ProgressState.PROBE:
-                progress.become_replicate()
-            else:
+            if progress.state is ProgressState.REPLICATE:
                 progress.inflights.free_through(message.index)
+            elif progress.state is ProgressState.PROBE or (
+                progress.match >= progress.pending_snapshot
+                or progress.match + 1 >= self.log.first_index()
+            ):
+                # Probing found the match, or the snapshot (or the entries
+                # after it) arrived: stream from here.
+                progress.become_replicate()
             if self._maybe_commit():
                 self._broadcast_pending = True
             if message.frm == self._lead_transferee and progress.match == self.log.last_index():
@@ -615,7 +648,10 @@ class RaftCore:
             return
         progress.recent_active = True
         progress.probe_sent = False
-        if progress.state is ProgressState.REPLICATE and progress.inflights.full():
+        if progress.snapshot_sender is not None:
+            progress.snapshot_sender.on_heartbeat_response()
+            self._send_snapshot_chunks(message.frm)
+        elif progress.state is ProgressState.REPLICATE and progress.inflights.full():
             # Acks may have been lost: make room so replication cannot stall for good.
             progress.inflights.free_first()
         if progress.match < self.log.last_index():
@@ -623,6 +659,37 @@ class RaftCore:
         if message.read_round:
             for request in self._read_only.ack(message.read_round, message.frm, self._voters):
                 self._deliver_read(request)
+
+    def _handle_snapshot_response(self, message: SnapshotResponse) -> None:
+        progress = self._progress.get(message.frm)
+        if progress is None:
+            return
+        progress.recent_active = True
+        sender = progress.snapshot_sender
+        if sender is None or sender.index != message.index:
+            return  # a transfer that has since ended
+        sender.on_response(message.offset, message.reject)
+        self._send_snapshot_chunks(message.frm)
+
+    def _start_snapshot(self, to: int) -> None:
+        snapshot = self.log.storage.snapshot()
+        if snapshot.meta.index == 0:
+            log.warning(
+                "node %d: peer %d needs compacted entries but no snapshot exists", self._id, to
+            )
+            return
+        log.info("node %d: sending snapshot at %d to %d", self._id, snapshot.meta.index, to)
+        sender = SnapshotSender(
+            snapshot, self._config.max_snapshot_chunk, self._config.snapshot_window
+        )
+        self._progress[to].become_snapshot(sender)
+        self._send_snapshot_chunks(to)
+
+    def _send_snapshot_chunks(self, to: int) -> None:
+        sender = self._progress[to].snapshot_sender
+        if sender is not None:
+            for chunk in sender.next_chunks(self._id, to, self._term):
+                self._send(chunk)
 
     def _can_commit_at(self, index: int) -> bool:
         """May a quorum match at ``index`` commit it?  Only entries of the
@@ -695,8 +762,7 @@ class RaftCore:
             prev_term = self.log.term(prev_index)
             entries = self.log.entries_from(progress.next, self._config.max_size_per_msg)
         except CompactedError:
-            # The follower needs a snapshot; InstallSnapshot is not supported yet.
-            log.warning("node %d: peer %d needs compacted entries", self._id, to)
+            self._start_snapshot(to)
             return False
         if not entries and not send_if_empty:
             return False
@@ -771,6 +837,10 @@ class RaftCore:
             self._election_elapsed = 0
             self._leader = message.frm
             self._handle_heartbeat(message)
+        elif isinstance(message, InstallSnapshot):
+            self._election_elapsed = 0
+            self._leader = message.frm
+            self._handle_install_snapshot(message)
         elif isinstance(message, Propose):
             if self._leader != NONE and not self._config.disable_proposal_forwarding:
                 self._forward_buffer.extend(message.entries)
@@ -787,7 +857,7 @@ class RaftCore:
             )
 
     def _step_candidate(self, message: Message) -> None:
-        if isinstance(message, (AppendEntries, Heartbeat)):
+        if isinstance(message, (AppendEntries, Heartbeat, InstallSnapshot)):
             # A leader exists in our term (or the one we asked to campaign for).
             self._become_follower(message.term, message.frm)
             self._step_follower(message)
@@ -832,6 +902,62 @@ class RaftCore:
                 hint_term=hint_term,
             )
         )
+
+    def _handle_install_snapshot(self, chunk: InstallSnapshot) -> None:
+        meta = chunk.meta
+        if meta.index <= self.log.committed or self.log.match_term(meta.index, meta.term):
+            # Nothing to install: we already hold everything the snapshot covers.
+            self._snapshot_receiver = None
+            self.log.commit_to(max(self.log.committed, min(meta.index, self.log.last_index())))
+            self._send(
+                AppendResponse(
+                    frm=self._id, to=chunk.frm, term=self._term, index=self.log.committed
+                )
+            )
+            return
+        receiver = self._snapshot_receiver
+        if receiver is None or not receiver.matches(chunk):
+            if chunk.offset != 0:
+                self._send(
+                    SnapshotResponse(
+                        frm=self._id,
+                        to=chunk.frm,
+                        term=self._term,
+                        index=meta.index,
+                        offset=0,
+                        reject=True,
+                    )
+                )
+                return
+            receiver = self._snapshot_receiver = SnapshotReceiver(chunk)
+        result = receiver.accept(chunk)
+        if result.snapshot is None:
+            self._send(
+                SnapshotResponse(
+                    frm=self._id,
+                    to=chunk.frm,
+                    term=self._term,
+                    index=meta.index,
+                    offset=result.offset,
+                    reject=result.reject,
+                )
+            )
+            return
+        self._snapshot_receiver = None
+        self._restore(result.snapshot)
+        # Sent only after the snapshot is durable (persisted_messages).
+        self._send(AppendResponse(frm=self._id, to=chunk.frm, term=self._term, index=meta.index))
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        log.info(
+            "node %d: restoring snapshot at index %d term %d",
+            self._id,
+            snapshot.meta.index,
+            snapshot.meta.term,
+        )
+        self.log.restore(snapshot)
+        self._voters = frozenset(snapshot.meta.conf.voters)
+        self._learners = frozenset(snapshot.meta.conf.learners)
 
     def _handle_heartbeat(self, message: Heartbeat) -> None:
         self.log.commit_to(message.commit)

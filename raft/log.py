@@ -11,13 +11,16 @@ index handed to the driver for applying.  Invariants:
 from __future__ import annotations
 
 from raft.errors import SafetyViolation
-from raft.messages import Entry
+from raft.messages import Entry, Snapshot
 from raft.storage import CompactedError, Storage, UnavailableError, limit_size
 
 
 class RaftLog:
     def __init__(self, storage: Storage, applied: int = 0) -> None:
         self.storage = storage
+        self.pending_snapshot: Snapshot | None = None
+        """A snapshot received from the leader, not yet reported persisted; it
+        replaces everything the log held up to its index."""
         self.unstable: list[Entry] = []
         self.unstable_offset = storage.last_index() + 1
         first = storage.first_index()
@@ -28,11 +31,15 @@ class RaftLog:
     # -- Index arithmetic ---------------------------------------------------------
 
     def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.meta.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
         if self.unstable:
             return self.unstable[-1].index
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.meta.index
         return self.storage.last_index()
 
     def last_term(self) -> int:
@@ -52,6 +59,11 @@ class RaftLog:
             if index > self.unstable[-1].index:
                 raise UnavailableError(index)
             return self.unstable[index - self.unstable_offset].term
+        if self.pending_snapshot is not None:
+            meta = self.pending_snapshot.meta
+            if index == meta.index:
+                return meta.term
+            raise CompactedError(index) if index < meta.index else UnavailableError(index)
         if index < self.first_index() - 1:
             raise CompactedError(index)
         if index > self.storage.last_index():
@@ -185,6 +197,27 @@ class RaftLog:
         if index > self.committed or index < self.applied:
             raise SafetyViolation(f"applied {index} outside [{self.applied}, {self.committed}]")
         self.applied = index
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole log with ``snapshot`` (a follower far behind the leader).
+
+        The snapshot is committed by definition, and handing it out in a Ready
+        counts as handing out every entry it covers for applying.
+        """
+        if snapshot.meta.index <= self.committed:
+            raise SafetyViolation(
+                f"restoring snapshot {snapshot.meta.index} at or below commit {self.committed}"
+            )
+        self.pending_snapshot = snapshot
+        self.unstable = []
+        self.unstable_offset = snapshot.meta.index + 1
+        self.committed = snapshot.meta.index
+        self.applied = snapshot.meta.index
+
+    def stable_snapshot_to(self, index: int) -> None:
+        """The driver persisted the pending snapshot ending at ``index``."""
+        if self.pending_snapshot is not None and self.pending_snapshot.meta.index == index:
+            self.pending_snapshot = None
 
     def stable_to(self, index: int, term: int) -> None:
         """The driver persisted the unstable entries up to ``(index, term)``."""

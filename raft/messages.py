@@ -65,6 +65,13 @@ class SnapshotMeta(msgspec.Struct, array_like=True, frozen=True):
     conf: ConfState = ConfState()
 
 
+class Snapshot(msgspec.Struct, array_like=True, frozen=True):
+    """A state machine image covering every entry up to ``meta.index``."""
+
+    meta: SnapshotMeta
+    data: bytes
+
+
 # --- Peer messages -----------------------------------------------------------------
 #
 # Every message carries ``frm`` (sender), ``to`` (recipient) and ``term`` (the
@@ -197,6 +204,39 @@ class TimeoutNow(msgspec.Struct, array_like=True, tag=True, gc=False):
     term: int
 
 
+class InstallSnapshot(msgspec.Struct, array_like=True, tag=True, gc=False):
+    """Leader -> follower: one chunk of a snapshot, bytes ``[offset, offset + len(data))``.
+
+    ``total_size`` and ``checksum`` (CRC32 of the whole snapshot data) identify
+    the transfer together with ``meta``; ``chunk_checksum`` guards this chunk.
+    ``done`` marks the last chunk.
+    """
+
+    frm: int
+    to: int
+    term: int
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+    total_size: int
+    checksum: int
+    chunk_checksum: int
+    done: bool
+
+
+class SnapshotResponse(msgspec.Struct, array_like=True, tag=True, gc=False):
+    """Follower -> leader: for the snapshot ending at ``index``, every byte
+    before ``offset`` has arrived intact; ``reject`` asks to resume from there
+    (a gap, a bad chunk, or a transfer the follower does not know)."""
+
+    frm: int
+    to: int
+    term: int
+    index: int
+    offset: int
+    reject: bool = False
+
+
 Message = (
     AppendEntries
     | AppendResponse
@@ -209,6 +249,8 @@ Message = (
     | ReadIndexResponse
     | TransferLeader
     | TimeoutNow
+    | InstallSnapshot
+    | SnapshotResponse
 )
 """Every message one Raft peer may send another."""
 

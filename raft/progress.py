@@ -17,6 +17,8 @@ from __future__ import annotations
 import enum
 from collections import deque
 
+from raft.snapshot_transfer import SnapshotSender
+
 
 class ProgressState(enum.Enum):
     PROBE = "probe"
@@ -71,6 +73,8 @@ class Progress:
         self.recent_active = False
         """Heard from since the last CheckQuorum round."""
         self.pending_snapshot = 0
+        self.snapshot_sender: SnapshotSender | None = None
+        """In snapshot state: the transfer under way."""
         self.is_learner = is_learner
 
     def __repr__(self) -> str:
@@ -87,17 +91,21 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.pending_snapshot = 0
+        self.snapshot_sender = None
         self.inflights.reset()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1
         self.probe_sent = False
+        self.pending_snapshot = 0
+        self.snapshot_sender = None
         self.inflights.reset()
 
-    def become_snapshot(self, snapshot_index: int) -> None:
+    def become_snapshot(self, sender: SnapshotSender) -> None:
         self.state = ProgressState.SNAPSHOT
-        self.pending_snapshot = snapshot_index
+        self.pending_snapshot = sender.index
+        self.snapshot_sender = sender
         self.probe_sent = False
         self.inflights.reset()
 

@@ -7,13 +7,14 @@ between :meth:`RaftCore.ready` and :meth:`RaftCore.advance`):
    the leader's replication traffic, which depends on nothing it has not
    already made durable (Raft thesis §10.2.1: a leader may write its own log in
    parallel with sending it).
-2. Persist :attr:`Ready.entries` (first truncating any stored entries at or
-   after the first index written) and then :attr:`Ready.hard_state` if not
-   ``None``.  When :attr:`Ready.must_sync` is true this write must be durable
-   (fsynced) before step 3.
+2. Persist :attr:`Ready.snapshot` if set, then :attr:`Ready.entries` (first
+   truncating any stored entries at or after the first index written) and then
+   :attr:`Ready.hard_state` if not ``None``.  When :attr:`Ready.must_sync` is
+   true this write must be durable (fsynced) before step 3.
 3. Send :attr:`Ready.persisted_messages`: votes, vote requests and append
    acknowledgements, which promise that the state in step 2 is durable.
-4. Apply :attr:`Ready.committed_entries` to the state machine, in order, and
+4. Restore the state machine from :attr:`Ready.snapshot` if set, then apply
+   :attr:`Ready.committed_entries` to the state machine, in order, and
    serve the reads in :attr:`Ready.read_states` once the state machine has
    applied up to their index.
 5. Call :meth:`RaftCore.advance` with this same Ready.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from raft.messages import Entry, HardState, Message
+from raft.messages import Entry, HardState, Message, Snapshot
 
 
 class Role(enum.Enum):
@@ -73,3 +74,7 @@ class Ready:
     """Linearizable reads confirmed since the previous Ready."""
     must_sync: bool = False
     """True if the persist step must be fsynced (new entries, or term/vote changed)."""
+    snapshot: Snapshot | None = None
+    """A snapshot received from the leader: persist it before the entries (it
+    replaces the log up to its index) and restore the state machine from it
+    before applying the committed entries."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from raft.messages import ConfState, Entry, HardState, SnapshotMeta
+from raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from raft.ready import Ready
 
 
@@ -58,6 +58,11 @@ class Storage(Protocol):
         """Metadata of the most recent snapshot (index 0 when there is none)."""
         ...
 
+    def snapshot(self) -> Snapshot:
+        """The most recent snapshot with its data, for sending to a follower
+        that needs compacted entries."""
+        ...
+
 
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """The longest prefix of ``entries`` under ``max_bytes``, but at least one entry."""
@@ -82,6 +87,7 @@ class MemoryStorage:
         self.hard_state = HardState()
         self.conf = conf or ConfState()
         self._snapshot = SnapshotMeta(conf=self.conf)
+        self._snapshot_data = b""
         # _entries[0] is a sentinel standing for the snapshot's last entry.
         self._entries: list[Entry] = [Entry(term=0, index=0)]
 
@@ -115,13 +121,20 @@ class MemoryStorage:
     def snapshot_meta(self) -> SnapshotMeta:
         return self._snapshot
 
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self._snapshot, self._snapshot_data)
+
     # -- Writers (the caller's side of the Ready contract) --------------------------
 
     def set_hard_state(self, hard_state: HardState) -> None:
         self.hard_state = hard_state
 
     def persist(self, ready: Ready) -> None:
-        """Step 2 of the Ready contract: entries first, then the hard state."""
+        """Step 2 of the Ready contract: a received snapshot, then entries, then
+        the hard state."""
+        if ready.snapshot is not None:
+            self.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
+            self.apply_snapshot(ready.snapshot.meta)
         self.append(ready.entries)
         if ready.hard_state is not None:
             self.set_hard_state(ready.hard_state)
@@ -148,6 +161,14 @@ class MemoryStorage:
         del self._entries[start:]
         self._entries.extend(entries)
 
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Record a snapshot of the state machine at ``meta.index`` (the log is
+        left alone: :meth:`compact` trims it separately)."""
+        if meta.index < self._snapshot.index:
+            return
+        self._snapshot = meta
+        self._snapshot_data = data
+
     def compact(self, index: int) -> None:
         """Discard entries up to and including ``index`` (a snapshot now covers them)."""
         offset = self._entries[0].index
@@ -165,7 +186,7 @@ class MemoryStorage:
         Entries after the snapshot are kept if the log agrees with it at its last
         index; otherwise the whole log is discarded.
         """
-        if meta.index <= self._snapshot.index:
+        if meta.index <= self._entries[0].index:
             return
         keep: list[Entry] = []
         if meta.index <= self.last_index() and self.term(meta.index) == meta.term:

@@ -1,0 +1,323 @@
+"""The trio driver: runs a :class:`~raft.core.RaftCore` against real time,
+real storage and a transport.
+
+One task owns the core.  Everything else (the ticker, the transport's
+receivers, callers proposing or reading) only queues inputs and wakes it.  The
+owner drains every queued input, then turns the core's Ready into actions in
+the contract's order: send the leader's traffic, persist (one fsync for the
+whole batch, in a worker thread, which is what makes group commit: inputs
+queue up while the disk works and all go into the next batch), send what
+needed the persist, hand committed entries to the application, advance.
+
+The application consumes :attr:`RaftNode.committed` (an unbounded channel of
+:class:`ApplyBatch`, in log order), applies them to its state machine, and may
+hand back a snapshot of that state with :meth:`RaftNode.save_snapshot`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from raft.core import Config, RaftCore, Status
+from raft.errors import ReadIndexDropped, RequestDropped
+from raft.messages import ConfState, Entry, Message, Snapshot, SnapshotMeta
+from raft.ready import Ready, Role
+from raft.storage import Storage
+from raft.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+class PersistentStorage(Storage, Protocol):
+    """Storage the driver can write: the Ready contract's persist step, and snapshots."""
+
+    def persist(self, ready: Ready) -> None: ...
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None: ...
+
+    def compact(self, index: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    raft: Config
+    tick_interval: float = 0.1
+    """Seconds per Raft tick (etcd: 100 ms heartbeat, election after 10 ticks)."""
+    snapshot_count: int = 10_000
+    """Applied entries between automatic snapshots."""
+    snapshot_catchup_entries: int = 5_000
+    """Entries kept in the log behind a snapshot, for followers slightly behind."""
+    storage_in_thread: bool = True
+    """Run fsyncing storage writes in a worker thread so the event loop keeps
+    serving (False for in-memory storage, and under a mock clock, which would
+    jump while a thread works)."""
+    max_pending_messages: int = 100_000
+    """Incoming peer messages queued for the core before new ones are dropped."""
+
+
+@dataclass(frozen=True)
+class ApplyBatch:
+    """Work for the application, in log order: restore ``snapshot`` if set, then
+    apply ``entries``."""
+
+    snapshot: Snapshot | None
+    entries: list[Entry]
+
+
+class LeadershipLost(RequestDropped):
+    """A read was pending when this node lost track of the leader; it was not served."""
+
+
+@dataclass
+class _Waiter:
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    index: int | None = None
+    error: Exception | None = None
+
+    def resolve(self, index: int | None = None, error: Exception | None = None) -> None:
+        self.index, self.error = index, error
+        self.done.set()
+
+    async def wait(self) -> int | None:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.index
+
+
+class RaftNode:
+    def __init__(
+        self,
+        config: NodeConfig,
+        storage: PersistentStorage,
+        transport: Transport,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.transport = transport
+        initial = storage.snapshot()
+        self._snapshot_index = initial.meta.index
+        raft_config = dataclasses.replace(config.raft, applied=initial.meta.index)
+        self.core = RaftCore(raft_config, storage, rng or random.Random())
+        self.id = raft_config.id
+        send, receive = trio.open_memory_channel[ApplyBatch](math.inf)
+        self._apply_send = send
+        self.committed: trio.MemoryReceiveChannel[ApplyBatch] = receive
+        if initial.meta.index > 0:
+            send.send_nowait(ApplyBatch(initial, []))
+
+        self._wakeup = trio.Event()
+        self._ticks = 0
+        self._incoming: deque[Message] = deque()
+        self._proposals: list[tuple[bytes, _Waiter]] = []
+        self._reads: dict[bytes, _Waiter] = {}
+        self._unsent_reads: list[bytes] = []
+        self._read_counter = 0
+        self._transfers: list[int] = []
+        self._snapshots: list[tuple[int, bytes, _Waiter]] = []
+        self._campaign = False
+        self.leader = 0
+        self.role = Role.FOLLOWER
+        self.leader_changes = 0
+        self._leader_known = trio.Event()
+        self.dropped_messages = 0
+        self.fsyncs = 0
+
+    # -- Inputs from other tasks ------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        """Queue a message from a peer (the transport calls this)."""
+        if len(self._incoming) >= self.config.max_pending_messages:
+            self.dropped_messages += 1
+            return
+        self._incoming.append(message)
+        self._wakeup.set()
+
+    async def propose(self, data: bytes) -> int | None:
+        """Hand ``data`` to the core; returns its index on the leader, ``None``
+        when forwarded.  Raises :class:`~raft.errors.ProposalDropped` if it was
+        refused (definitely not appended)."""
+        waiter = _Waiter()
+        self._proposals.append((data, waiter))
+        self._wakeup.set()
+        return await waiter.wait()
+
+    async def read_index(self) -> int:
+        """A linearizable read point: once the application has applied the
+        returned index, its state reflects every write acknowledged before this
+        call.  Concurrent callers share one heartbeat round.  Raises
+        :class:`~raft.errors.ReadIndexDropped` or :class:`LeadershipLost`."""
+        self._read_counter += 1
+        context = self._read_counter.to_bytes(8, "big")
+        waiter = _Waiter()
+        self._reads[context] = waiter
+        self._unsent_reads.append(context)
+        self._wakeup.set()
+        try:
+            index = await waiter.wait()
+        finally:
+            self._reads.pop(context, None)
+        assert index is not None
+        return index
+
+    def transfer_leadership(self, to: int) -> None:
+        self._transfers.append(to)
+        self._wakeup.set()
+
+    def campaign(self) -> None:
+        self._campaign = True
+        self._wakeup.set()
+
+    async def save_snapshot(self, index: int, data: bytes) -> None:
+        """Persist ``data``, the application's state after applying ``index``,
+        as a snapshot, then compact the log behind it (keeping
+        ``snapshot_catchup_entries``)."""
+        waiter = _Waiter()
+        self._snapshots.append((index, data, waiter))
+        self._wakeup.set()
+        await waiter.wait()
+
+    def snapshot_due(self, applied_index: int) -> bool:
+        return applied_index - self._snapshot_index >= self.config.snapshot_count
+
+    async def wait_for_leader(self) -> int:
+        while self.leader == 0:
+            await self._leader_known.wait()
+        return self.leader
+
+    def status(self) -> Status:
+        return self.core.status()
+
+    # -- The loop -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.run, self.deliver)
+            nursery.start_soon(self._ticker)
+            task_status.started()
+            try:
+                await self._loop()
+            finally:
+                self._fail_reads(LeadershipLost("node stopped"))
+                for _, waiter in self._proposals:
+                    waiter.resolve(error=RequestDropped("node stopped"))
+                nursery.cancel_scope.cancel()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.config.tick_interval)
+            self._ticks += 1
+            self._wakeup.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await self._step_inputs()
+            while self.core.has_ready():
+                await self._handle_ready(self.core.ready())
+
+    async def _step_inputs(self) -> None:
+        core = self.core
+        for _ in range(self._ticks):
+            core.tick()
+        self._ticks = 0
+        while self._incoming:
+            core.step(self._incoming.popleft())
+        if self._campaign:
+            self._campaign = False
+            core.campaign()
+        proposals, self._proposals = self._proposals, []
+        for data, waiter in proposals:
+            try:
+                waiter.resolve(index=core.propose(data))
+            except RequestDropped as error:
+                waiter.resolve(error=error)
+        reads, self._unsent_reads = self._unsent_reads, []
+        for context in reads:
+            try:
+                core.read_index(context)
+            except ReadIndexDropped as error:
+                read_waiter = self._reads.pop(context, None)
+                if read_waiter is not None:
+                    read_waiter.resolve(error=error)
+        transfers, self._transfers = self._transfers, []
+        for target in transfers:
+            try:
+                core.transfer_leadership(target)
+            except RequestDropped:
+                log.info("node %d: no leader to transfer leadership from", self.id)
+        snapshots, self._snapshots = self._snapshots, []
+        for index, data, waiter in snapshots:
+            await self._save_snapshot(index, data)
+            waiter.resolve()
+
+    async def _handle_ready(self, ready: Ready) -> None:
+        self.transport.send(ready.messages)
+        if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
+            if ready.must_sync:
+                self.fsyncs += 1
+            if ready.must_sync:
+                await self._storage_call(self.storage.persist, ready)
+            else:
+                self.storage.persist(ready)
+        self.transport.send(ready.persisted_messages)
+        if ready.snapshot is not None:
+            self._snapshot_index = ready.snapshot.meta.index
+        if ready.snapshot is not None or ready.committed_entries:
+            self._apply_send.send_nowait(ApplyBatch(ready.snapshot, ready.committed_entries))
+        for read_state in ready.read_states:
+            waiter = self._reads.get(read_state.context)
+            if waiter is not None:
+                waiter.resolve(index=read_state.index)
+        if ready.soft_state is not None:
+            self._on_soft_state(ready.soft_state.leader, ready.soft_state.role)
+        self.core.advance(ready)
+
+    async def _storage_call(self, function: Callable[..., None], *args: object) -> None:
+        if self.config.storage_in_thread:
+            await trio.to_thread.run_sync(function, *args)
+        else:
+            function(*args)
+
+    def _on_soft_state(self, leader: int, role: Role) -> None:
+        if leader != self.leader:
+            log.info("node %d: leader is now %d (term %d)", self.id, leader, self.core.term)
+            if leader != 0:
+                self.leader_changes += 1
+            # A read routed to the old leader will never be answered.
+            self._fail_reads(LeadershipLost(f"leader changed to {leader or 'none'}"))
+        if leader != 0:
+            self._leader_known.set()
+        elif self.leader != 0:
+            self._leader_known = trio.Event()
+        self.leader, self.role = leader, role
+
+    def _fail_reads(self, error: Exception) -> None:
+        for waiter in self._reads.values():
+            if not waiter.done.is_set():
+                waiter.resolve(error=error)
+        self._unsent_reads.clear()
+
+    async def _save_snapshot(self, index: int, data: bytes) -> None:
+        if index <= self._snapshot_index:
+            return
+        core = self.core
+        conf = ConfState(voters=tuple(sorted(core.voters)), learners=tuple(sorted(core.learners)))
+        meta = SnapshotMeta(index=index, term=core.log.term(index), conf=conf)
+        await self._storage_call(self.storage.save_snapshot, meta, data)
+        self._snapshot_index = index
+        compact_to = index - self.config.snapshot_catchup_entries
+        if compact_to >= self.storage.first_index():
+            await self._storage_call(self.storage.compact, compact_to)
+        log.info("node %d: snapshot at %d, log compacted to %d", self.id, index, compact_to)

@@ -1,0 +1,239 @@
+"""Moving Raft messages between members: over TCP, or in memory for tests.
+
+A transport never blocks the core: :meth:`Transport.send` puts each message on
+a bounded per-peer queue and drops it (counting the drop and marking the peer
+unreachable) when the queue is full.  Raft tolerates lost messages; a stalled
+core does not tolerate a slow peer.
+
+TCP wire format: length-prefixed frames (:mod:`raft.framing`).  The dialling
+side first sends a :class:`PeerHello` naming the cluster and both member ids;
+then every frame is one msgpack-encoded :data:`~raft.messages.Message`.  The
+dialling socket is bound to the member's own listen host, so members on
+127.0.0.11, .12 and .13 are told apart by address (and address-based firewall
+rules cut exactly what they should).  A malformed frame closes that connection
+with a logged reason; it never reaches the core and never stops the member.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+import trio
+
+from raft.framing import FrameError, FrameReader, encode_frame
+from raft.messages import Message, decode_message, encode_message
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+"""Largest peer frame accepted: room for a 1 MiB batch or snapshot chunk many times over."""
+
+
+class PeerHello(msgspec.Struct, array_like=True):
+    cluster_id: int
+    frm: int
+    to: int
+
+
+_hello_decoder = msgspec.msgpack.Decoder(PeerHello)
+
+
+Deliver = Callable[[Message], None]
+"""Where a transport hands each received message; must not block."""
+
+
+class Transport(Protocol):
+    def send(self, messages: list[Message]) -> None:
+        """Queue ``messages`` for their recipients; never blocks."""
+        ...
+
+    async def run(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Receive messages and hand them to ``deliver`` until cancelled."""
+        ...
+
+
+class PeerStats:
+    """Counters per peer, for metrics and status."""
+
+    def __init__(self) -> None:
+        self.bytes_sent: Counter[int] = Counter()
+        self.bytes_received: Counter[int] = Counter()
+        self.dropped: Counter[int] = Counter()
+        self.unreachable: set[int] = set()
+
+
+class TcpTransport:
+    def __init__(
+        self,
+        node_id: int,
+        listen: Address,
+        peers: dict[int, Address],
+        *,
+        cluster_id: int = 0,
+        queue_size: int = 4096,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        backoff_min: float = 0.02,
+        backoff_max: float = 1.0,
+    ) -> None:
+        self.node_id = node_id
+        self.listen = listen
+        self.cluster_id = cluster_id
+        self.stats = PeerStats()
+        self._peers: dict[int, Address] = {}
+        self._queues: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._queue_size = queue_size
+        self._max_frame = max_frame
+        self._backoff = (backoff_min, backoff_max)
+        self._nursery: trio.Nursery | None = None
+        self._deliver: Deliver | None = None
+        self._pending_peers = dict(peers)
+        self.bound_port = listen[1]
+
+    # -- Sending ----------------------------------------------------------------------
+
+    def send(self, messages: list[Message]) -> None:
+        for message in messages:
+            queue = self._queues.get(message.to)
+            if queue is None:
+                self.stats.dropped[message.to] += 1
+                continue
+            try:
+                queue.send_nowait(message)
+            except trio.WouldBlock:
+                self.stats.dropped[message.to] += 1
+                self.stats.unreachable.add(message.to)
+
+    def set_peers(self, peers: dict[int, Address]) -> None:
+        """Start talking to new peers and stop talking to removed ones."""
+        if self._nursery is None:
+            self._pending_peers = dict(peers)
+            return
+        for peer in list(self._peers):
+            if peer not in peers or peers[peer] != self._peers[peer]:
+                self._scopes.pop(peer).cancel()
+                self._queues.pop(peer).close()
+                del self._peers[peer]
+        for peer, address in peers.items():
+            if peer != self.node_id and peer not in self._peers:
+                self._start_sender(peer, address)
+
+    def _start_sender(self, peer: int, address: Address) -> None:
+        assert self._nursery is not None
+        send_channel, receive_channel = trio.open_memory_channel[Message](self._queue_size)
+        scope = trio.CancelScope()
+        self._peers[peer] = address
+        self._queues[peer] = send_channel
+        self._scopes[peer] = scope
+        self._nursery.start_soon(self._sender, peer, address, receive_channel, scope)
+
+    async def _sender(
+        self,
+        peer: int,
+        address: Address,
+        queue: trio.MemoryReceiveChannel[Message],
+        scope: trio.CancelScope,
+    ) -> None:
+        backoff = self._backoff[0]
+        with scope:
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream(*address, local_address=self.listen[0])
+                except OSError as error:
+                    self.stats.unreachable.add(peer)
+                    log.debug(
+                        "node %d: cannot reach %d at %s: %s", self.node_id, peer, address, error
+                    )
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, self._backoff[1])
+                    continue
+                backoff = self._backoff[0]
+                try:
+                    async with stream:
+                        hello = PeerHello(cluster_id=self.cluster_id, frm=self.node_id, to=peer)
+                        await stream.send_all(encode_frame(msgspec.msgpack.encode(hello)))
+                        self.stats.unreachable.discard(peer)
+                        await self._pump(peer, stream, queue)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    self.stats.unreachable.add(peer)
+                    log.debug("node %d: connection to %d lost: %s", self.node_id, peer, error)
+                    await trio.sleep(backoff)
+
+    async def _pump(
+        self, peer: int, stream: trio.SocketStream, queue: trio.MemoryReceiveChannel[Message]
+    ) -> None:
+        while True:
+            batch = [await queue.receive()]
+            while len(batch) < 256:
+                try:
+                    batch.append(queue.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            data = b"".join(encode_frame(encode_message(message)) for message in batch)
+            await stream.send_all(data)
+            self.stats.bytes_sent[peer] += len(data)
+
+    # -- Receiving --------------------------------------------------------------------
+
+    async def run(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._deliver = deliver
+        listeners = await trio.open_tcp_listeners(self.listen[1], host=self.listen[0])
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(trio.serve_listeners, self._handle_connection, listeners)
+            self.set_peers(self._pending_peers)
+            task_status.started()
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        reader = FrameReader(stream, self._max_frame)
+        peer = 0
+        async with stream:
+            try:
+                first = await reader.read()
+                if first is None:
+                    return
+                hello = _hello_decoder.decode(first)
+                if hello.to != self.node_id or hello.cluster_id != self.cluster_id:
+                    log.warning(
+                        "node %d: refusing peer connection for node %d of cluster %d",
+                        self.node_id,
+                        hello.to,
+                        hello.cluster_id,
+                    )
+                    return
+                peer = hello.frm
+                while True:
+                    payload = await reader.read()
+                    if payload is None:
+                        return
+                    self.stats.bytes_received[peer] += len(payload) + 4
+                    message = decode_message(payload)
+                    if message.frm != peer or message.to != self.node_id:
+                        raise FrameError(
+                            f"message {message.frm}->{message.to} on the link from {peer}"
+                        )
+                    assert self._deliver is not None
+                    self._deliver(message)
+            except (FrameError, msgspec.DecodeError) as error:
+                log.warning(
+                    "node %d: closing connection from peer %d: %s", self.node_id, peer, error
+                )
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
