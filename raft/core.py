@@ -151,6 +151,7 @@ class RaftCore:
         self._heartbeat_elapsed = 0
         self._randomized_election_timeout = config.election_tick
         self._lead_transferee = NONE
+        self._transfer_elapsed = 0
         self._read_only = ReadOnly()
         self._reads_awaiting_commit: list[tuple[int, bytes]] = []
         self._snapshot_receiver: SnapshotReceiver | None = None
@@ -488,7 +489,9 @@ class RaftCore:
                 log.info("node %d: no quorum heard within an election timeout", self._id)
                 self._become_follower(self._term, NONE)
                 return
-            if self._lead_transferee != NONE:
+        if self._lead_transferee != NONE:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self._config.election_tick:
                 log.info(
                     "node %d: leadership transfer to %d timed out", self._id, self._lead_transferee
                 )
@@ -742,7 +745,9 @@ class RaftCore:
             return
         if self._lead_transferee == target or target == self._id:
             return
-        self._election_elapsed = 0
+        # Counted apart from the CheckQuorum timer, so that transfer requests
+        # cannot postpone the step-down of a leader cut off from its quorum.
+        self._transfer_elapsed = 0
         self._lead_transferee = target
         if self._progress[target].match == self.log.last_index():
             self._send(TimeoutNow(frm=self._id, to=target, term=self._term))

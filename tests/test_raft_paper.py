@@ -1143,6 +1143,22 @@ def test_leadership_transfer_to_an_unreachable_node_is_abandoned() -> None:
     assert payloads(net.applied[2]) == [b"accepted"]
 
 
+def test_transfer_requests_do_not_postpone_a_cut_off_leaders_step_down() -> None:
+    """CheckQuorum and the transfer timeout are separate clocks: a leader cut off
+    from its quorum steps down within two election timeouts however often it is
+    asked to transfer leadership."""
+    net = Network(pre_vote=True, check_quorum=True)
+    net.campaign(1)
+    leader = net.nodes[1]
+    net.isolate(1)
+    for tick in range(2 * ET):
+        if leader.role is not Role.LEADER:
+            break
+        leader.transfer_leadership(2 + tick % 2)
+        net.tick(ids=[1])
+    assert leader.role is Role.FOLLOWER
+
+
 # ======================================================================================
 # Durability contract (Figure 2: "respond to RPCs" only after stable storage)
 # ======================================================================================
