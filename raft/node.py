@@ -74,7 +74,7 @@ class ApplyBatch:
 
 
 class LeadershipLost(RequestDropped):
-    """A read was pending when this node lost track of the leader; it was not served."""
+    """The node stopped while a read was pending; it was not served."""
 
 
 @dataclass
@@ -92,6 +92,15 @@ class _Waiter:
         if self.error is not None:
             raise self.error
         return self.index
+
+
+@dataclass
+class _ReadBatch:
+    """The read round in flight: its context and every read waiting on it."""
+
+    context: bytes
+    waiters: list[_Waiter]
+    ticks: int = 0
 
 
 class RaftNode:
@@ -118,10 +127,11 @@ class RaftNode:
 
         self._wakeup = trio.Event()
         self._ticks = 0
+        self._ticks_this_step = 0
         self._incoming: deque[Message] = deque()
         self._proposals: list[tuple[bytes, _Waiter]] = []
-        self._reads: dict[bytes, _Waiter] = {}
-        self._unsent_reads: list[bytes] = []
+        self._read_queue: list[_Waiter] = []
+        self._read_batch: _ReadBatch | None = None
         self._read_counter = 0
         self._transfers: list[int] = []
         self._snapshots: list[tuple[int, bytes, _Waiter]] = []
@@ -155,18 +165,19 @@ class RaftNode:
     async def read_index(self) -> int:
         """A linearizable read point: once the application has applied the
         returned index, its state reflects every write acknowledged before this
-        call.  Concurrent callers share one heartbeat round.  Raises
-        :class:`~raft.errors.ReadIndexDropped` or :class:`LeadershipLost`."""
-        self._read_counter += 1
-        context = self._read_counter.to_bytes(8, "big")
+        call.  Raises :class:`~raft.errors.ReadIndexDropped` when no leader is
+        known.
+
+        One ReadIndex round is in flight at a time; every read that arrives
+        meanwhile joins the next round, so a busy member confirms thousands of
+        reads with one heartbeat round (as etcd's linearizable read loop does).
+        A round whose answer is lost (leader change, dropped message) is
+        retried, never failed: a read has no effect, so asking again is safe.
+        """
         waiter = _Waiter()
-        self._reads[context] = waiter
-        self._unsent_reads.append(context)
+        self._read_queue.append(waiter)
         self._wakeup.set()
-        try:
-            index = await waiter.wait()
-        finally:
-            self._reads.pop(context, None)
+        index = await waiter.wait()
         assert index is not None
         return index
 
@@ -231,7 +242,7 @@ class RaftNode:
         core = self.core
         for _ in range(self._ticks):
             core.tick()
-        self._ticks = 0
+        self._ticks_this_step, self._ticks = self._ticks, 0
         while self._incoming:
             core.step(self._incoming.popleft())
         if self._campaign:
@@ -243,14 +254,7 @@ class RaftNode:
                 waiter.resolve(index=core.propose(data))
             except RequestDropped as error:
                 waiter.resolve(error=error)
-        reads, self._unsent_reads = self._unsent_reads, []
-        for context in reads:
-            try:
-                core.read_index(context)
-            except ReadIndexDropped as error:
-                read_waiter = self._reads.pop(context, None)
-                if read_waiter is not None:
-                    read_waiter.resolve(error=error)
+        self._start_read_round()
         transfers, self._transfers = self._transfers, []
         for target in transfers:
             try:
@@ -276,10 +280,13 @@ class RaftNode:
             self._snapshot_index = ready.snapshot.meta.index
         if ready.snapshot is not None or ready.committed_entries:
             self._apply_send.send_nowait(ApplyBatch(ready.snapshot, ready.committed_entries))
+        batch = self._read_batch
         for read_state in ready.read_states:
-            waiter = self._reads.get(read_state.context)
-            if waiter is not None:
-                waiter.resolve(index=read_state.index)
+            if batch is not None and read_state.context == batch.context:
+                for waiter in batch.waiters:
+                    waiter.resolve(index=read_state.index)
+                self._read_batch = batch = None
+                self._wakeup.set()  # start the next round for reads that queued meanwhile
         if ready.soft_state is not None:
             self._on_soft_state(ready.soft_state.leader, ready.soft_state.role)
         self.core.advance(ready)
@@ -295,19 +302,47 @@ class RaftNode:
             log.info("node %d: leader is now %d (term %d)", self.id, leader, self.core.term)
             if leader != 0:
                 self.leader_changes += 1
-            # A read routed to the old leader will never be answered.
-            self._fail_reads(LeadershipLost(f"leader changed to {leader or 'none'}"))
+            # A read round routed to the old leader will never be answered: ask again.
+            self._retry_read_round()
         if leader != 0:
             self._leader_known.set()
         elif self.leader != 0:
             self._leader_known = trio.Event()
         self.leader, self.role = leader, role
 
+    def _start_read_round(self) -> None:
+        batch = self._read_batch
+        if batch is not None:
+            batch.ticks += self._ticks_this_step
+            if batch.ticks < 2 * self.config.raft.election_tick:
+                return
+            log.info("node %d: read round unanswered, asking again", self.id)
+            self._retry_read_round()
+        if not self._read_queue:
+            return
+        self._read_counter += 1
+        context = self._read_counter.to_bytes(8, "big")
+        waiters, self._read_queue = self._read_queue, []
+        try:
+            self.core.read_index(context)
+        except ReadIndexDropped as error:
+            for waiter in waiters:
+                waiter.resolve(error=error)
+            return
+        self._read_batch = _ReadBatch(context, waiters)
+
+    def _retry_read_round(self) -> None:
+        if self._read_batch is not None:
+            self._read_queue[:0] = self._read_batch.waiters
+            self._read_batch = None
+            self._wakeup.set()
+
     def _fail_reads(self, error: Exception) -> None:
-        for waiter in self._reads.values():
+        waiters = self._read_queue + (self._read_batch.waiters if self._read_batch else [])
+        for waiter in waiters:
             if not waiter.done.is_set():
                 waiter.resolve(error=error)
-        self._unsent_reads.clear()
+        self._read_queue, self._read_batch = [], None
 
     async def _save_snapshot(self, index: int, data: bytes) -> None:
         if index <= self._snapshot_index:
