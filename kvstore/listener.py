@@ -1,0 +1,164 @@
+"""Serving client connections: framing, decoding, multiplexing, bad input.
+
+Each connection carries many requests at once: every :class:`~kvstore.api.ClientFrame`
+is answered by one :class:`~kvstore.api.ServerFrame` with the same
+``request_id``, in completion order.  Nothing a client sends can stop the
+member: a frame over the size limit or one that is not a frame at all closes
+that connection (after an error frame with request id 0); a well-framed but
+malformed or unknown request gets a definite error and the connection goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+import trio
+
+from kvstore import api
+from kvstore.api import Error, ErrorCode, Request, Response, ServerFrame
+from raft.framing import FrameError, FrameReader, encode_frame
+
+if TYPE_CHECKING:
+    from kvstore.config import Address
+
+log = logging.getLogger(__name__)
+
+_KNOWN_REQUEST_TYPES = {"range", "put", "delete_range", "txn", "compaction", "status"}
+
+
+class RequestHandler(Protocol):
+    async def handle(self, request: Request) -> Response | Error: ...
+
+
+class _Envelope(msgspec.Struct, array_like=True):
+    request_id: int
+    request: msgspec.Raw
+
+
+_envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
+_request_decoder = msgspec.msgpack.Decoder(Request)
+
+
+def decode_request(raw: bytes) -> Request | Error:
+    """A request, or the definite error that explains why it is not one."""
+    try:
+        request: Request = _request_decoder.decode(raw)
+        return request
+    except msgspec.DecodeError as error:
+        kind = _request_type(raw)
+        if kind is not None and kind not in _KNOWN_REQUEST_TYPES:
+            return Error(
+                code=ErrorCode.UNKNOWN_REQUEST,
+                message=f"unknown request type {kind!r}",
+                definite=True,
+            )
+        return Error(code=ErrorCode.MALFORMED, message=f"malformed request: {error}", definite=True)
+
+
+def _request_type(raw: bytes) -> str | None:
+    try:
+        value = msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(value, dict):
+        kind = value.get("type")
+        return kind if isinstance(kind, str) else None
+    return None
+
+
+async def serve_clients(
+    handler: RequestHandler,
+    address: Address,
+    max_inflight: int,
+    *,
+    task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``address`` and serve every connection; reports the bound address."""
+    listeners = await trio.open_tcp_listeners(address[1], host=address[0])
+    bound = listeners[0].socket.getsockname()
+    task_status.started((address[0], bound[1]))
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await _Connection(handler, stream, max_inflight).serve()
+
+    await trio.serve_listeners(serve, listeners)
+
+
+class _Connection:
+    def __init__(
+        self, handler: RequestHandler, stream: trio.SocketStream, max_inflight: int
+    ) -> None:
+        self._handler = handler
+        self._stream = stream
+        self._send_lock = trio.Lock()
+        self._outbox: list[bytes] = []
+        self._slots = trio.Semaphore(max_inflight)
+        try:
+            self._peer = str(stream.socket.getpeername())
+        except OSError:
+            self._peer = "?"
+
+    async def serve(self) -> None:
+        reader = FrameReader(self._stream, api.MAX_FRAME_BYTES)
+        async with self._stream, trio.open_nursery() as nursery:
+            try:
+                await self._read_loop(reader, nursery)
+            except FrameError as error:
+                log.info("client %s: closing connection: %s", self._peer, error)
+                await self._send(
+                    0, Error(code=ErrorCode.MALFORMED, message=str(error), definite=True)
+                )
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            nursery.cancel_scope.cancel()
+
+    async def _read_loop(self, reader: FrameReader, nursery: trio.Nursery) -> None:
+        while True:
+            payload = await reader.read()
+            if payload is None:
+                return
+            try:
+                envelope = _envelope_decoder.decode(payload)
+            except msgspec.DecodeError as error:
+                raise FrameError(f"not a request frame: {error}") from None
+            if len(payload) > api.MAX_REQUEST_BYTES:
+                await self._send(
+                    envelope.request_id,
+                    Error(
+                        code=ErrorCode.REQUEST_TOO_LARGE,
+                        message=f"request of {len(payload)} bytes exceeds {api.MAX_REQUEST_BYTES}",
+                        definite=True,
+                    ),
+                )
+                continue
+            request = decode_request(envelope.request)
+            if isinstance(request, Error):
+                await self._send(envelope.request_id, request)
+                continue
+            await self._slots.acquire()
+            nursery.start_soon(self._answer, envelope.request_id, request)
+
+    async def _answer(self, request_id: int, request: Request) -> None:
+        try:
+            try:
+                response = await self._handler.handle(request)
+            except Exception:
+                log.exception("client %s: request %d failed", self._peer, request_id)
+                response = Error(code=ErrorCode.INTERNAL, message="internal error", definite=False)
+            await self._send(request_id, response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._slots.release()
+
+    async def _send(self, request_id: int, response: Response | Error) -> None:
+        # Replies queue up while one is being written; whoever holds the lock
+        # next writes them all at once: one system call for many replies.
+        self._outbox.append(encode_frame(api.encode(ServerFrame(request_id, response))))
+        async with self._send_lock:
+            if self._outbox:
+                data = b"".join(self._outbox)
+                self._outbox.clear()
+                await self._stream.send_all(data)

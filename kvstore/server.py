@@ -1,0 +1,281 @@
+"""One member: a Raft node, the KV state machine, and the client listener.
+
+Writes go through the log: the member proposes a :class:`Command` naming
+itself as origin, and answers the client when it applies that command (on a
+follower the core forwards the proposal to the leader, so any member accepts
+writes).  Reads are linearizable by default: the member gets a read index from
+the leader (one heartbeat round shared by every read in flight), waits until
+it has applied that far, and reads its own state.  ``serializable`` reads skip
+the round and may be stale.
+
+Every error answers whether the request definitely did not happen.  A write
+that was handed to Raft and then timed out *may* have happened; anything
+refused before proposing, and every read, definitely did not change anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import secrets
+from pathlib import Path
+
+import msgspec
+import trio
+
+from kvstore import api
+from kvstore.api import Error, ErrorCode, Request, Response
+from kvstore.commands import Command, WriteRequest, encode_command
+from kvstore.compactor import PeriodicCompactor, RevisionCompactor
+from kvstore.config import MemberConfig, format_address
+from kvstore.listener import serve_clients
+from kvstore.state_machine import KVStateMachine
+from kvstore.validation import validate_request
+from raft.core import Config
+from raft.disk_storage import DiskStorage
+from raft.errors import ProposalDropped, ReadIndexDropped, RequestDropped
+from raft.messages import ConfState
+from raft.node import LeadershipLost, NodeConfig, RaftNode
+from raft.ready import Role
+from raft.storage import MemoryStorage
+from raft.transport import TcpTransport
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class _PendingWrite:
+    __slots__ = ("done", "response")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: Response | Error | None = None
+
+
+class Member:
+    """A running member.  Use :meth:`run` inside a nursery (``await nursery.start(member.run)``)."""
+
+    def __init__(self, config: MemberConfig) -> None:
+        self.config = config
+        self.id = config.member_id
+        self.cluster_id = config.cluster_id
+        self.name = config.name
+        self.state = KVStateMachine()
+        self._seq = itertools.count(secrets.randbits(40) << 20)
+        self._pending: dict[int, _PendingWrite] = {}
+        self._applied_changed = trio.Event()
+        self._storage: DiskStorage | MemoryStorage | None = None
+        self.node: RaftNode | None = None
+        self.client_address = config.listen_client
+        self.peer_address = config.listen_peer
+        self.started = trio.Event()
+        self.stopping = False
+
+    # -- Life cycle ---------------------------------------------------------------------
+
+    def _open_storage(self) -> DiskStorage | MemoryStorage:
+        conf = ConfState(voters=tuple(sorted(self.config.peer_ids)))
+        if self.config.data_dir is None:
+            return MemoryStorage(conf)
+        raft_dir = Path(self.config.data_dir) / "raft"
+        raft_dir.parent.mkdir(parents=True, exist_ok=True)
+        return DiskStorage(raft_dir, conf, keep_entries=self.config.snapshot_catchup_entries)
+
+    async def run(self, *, task_status: trio.TaskStatus[Member] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; ``task_status.started(self)`` once clients can connect."""
+        config = self.config
+        storage = self._open_storage()
+        self._storage = storage
+        try:
+            transport = TcpTransport(
+                self.id,
+                config.listen_peer,
+                config.peer_ids,
+                cluster_id=self.cluster_id,
+            )
+            node_config = NodeConfig(
+                raft=Config(
+                    id=self.id,
+                    election_tick=config.election_ticks,
+                    heartbeat_tick=config.heartbeat_ticks,
+                ),
+                tick_interval=config.tick_interval,
+                snapshot_count=config.snapshot_count,
+                snapshot_catchup_entries=config.snapshot_catchup_entries,
+                storage_in_thread=isinstance(storage, DiskStorage),
+            )
+            self.node = RaftNode(node_config, storage, transport, random.Random())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.node.run)
+                if set(config.peer_ids) == {self.id}:
+                    self.node.campaign()  # alone: no need to wait out an election timeout
+                self.peer_address = (config.listen_peer[0], transport.bound_port)
+                nursery.start_soon(self._apply_loop)
+                if config.auto_compaction_retention or config.auto_compaction_period:
+                    nursery.start_soon(self._auto_compact)
+                self.client_address = await nursery.start(
+                    serve_clients, self, config.listen_client, config.max_connection_requests
+                )
+                log.info(
+                    "member %s (%x) serving clients on %s, peers on %s",
+                    self.name,
+                    self.id,
+                    format_address(self.client_address),
+                    format_address(self.peer_address),
+                )
+                self.started.set()
+                task_status.started(self)
+        finally:
+            self.stopping = True
+            for pending in self._pending.values():
+                pending.done.set()
+            if isinstance(storage, DiskStorage):
+                storage.close()
+
+    # -- Applying -------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        node = self.node
+        assert node is not None
+        async for batch in node.committed:
+            if batch.snapshot is not None:
+                self.state.restore(batch.snapshot.data)
+                log.info(
+                    "member %s restored a snapshot at %d", self.name, batch.snapshot.meta.index
+                )
+            for entry in batch.entries:
+                result = self.state.apply(entry.index, entry.data)
+                if result is None or result.command is None:
+                    continue
+                if result.command.origin == self.id:
+                    pending = self._pending.pop(result.command.seq, None)
+                    if pending is not None:
+                        pending.response = result.response
+                        pending.done.set()
+            self._applied_changed.set()
+            self._applied_changed = trio.Event()
+            applied = self.state.applied_index
+            if node.snapshot_due(applied):
+                await node.save_snapshot(applied, self.state.snapshot())
+
+    async def _wait_applied(self, index: int) -> None:
+        while self.state.applied_index < index:
+            await self._applied_changed.wait()
+
+    async def _auto_compact(self) -> None:
+        config = self.config
+        compactors: list[RevisionCompactor | PeriodicCompactor] = []
+        if config.auto_compaction_retention:
+            compactors.append(RevisionCompactor(config.auto_compaction_retention))
+        if config.auto_compaction_period:
+            compactors.append(PeriodicCompactor(config.auto_compaction_period))
+        interval = max(config.election_timeout, 1.0)
+        while True:
+            await trio.sleep(interval)
+            if self.node is None or self.node.role is not Role.LEADER:
+                continue
+            now = trio.current_time()
+            for compactor in compactors:
+                revision = compactor.next_compaction(now, self.state.status().revision)
+                if revision is not None and revision > self.state.status().compact_revision:
+                    log.info("member %s: auto-compacting to revision %d", self.name, revision)
+                    await self.handle(api.CompactionRequest(revision=revision))
+
+    # -- Requests -----------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response | Error:
+        """Answer one client request (never raises for a request's content)."""
+        if self.stopping or self.node is None:
+            return _error(ErrorCode.STOPPED, "member is stopping", definite=True)
+        if isinstance(request, api.StatusRequest):
+            return self._status()
+        error = validate_request(request)
+        if error is not None:
+            return error
+        if isinstance(request, api.RangeRequest):
+            return await self._read(request)
+        return await self._write(request)
+
+    async def _write(self, request: WriteRequest) -> Response | Error:
+        node = self.node
+        assert node is not None
+        seq = next(self._seq)
+        pending = _PendingWrite()
+        self._pending[seq] = pending
+        try:
+            try:
+                await node.propose(encode_command(Command(self.id, seq, request)))
+            except ProposalDropped as dropped:
+                return _error(ErrorCode.NO_LEADER, f"no leader: {dropped.reason}", definite=True)
+            with trio.move_on_after(self.config.request_timeout):
+                await pending.done.wait()
+            if pending.response is None:
+                if self.stopping:
+                    return _error(ErrorCode.STOPPED, "member stopped", definite=False)
+                return _error(
+                    ErrorCode.TIMEOUT,
+                    "timed out waiting for the write to commit; it may still happen",
+                    definite=False,
+                )
+            return self._with_header(pending.response)
+        finally:
+            self._pending.pop(seq, None)
+
+    async def _read(self, request: api.RangeRequest) -> Response | Error:
+        if not request.serializable:
+            node = self.node
+            assert node is not None
+            with trio.move_on_after(self.config.request_timeout) as scope:
+                try:
+                    index = await node.read_index()
+                except ReadIndexDropped:
+                    return _error(ErrorCode.NO_LEADER, "no leader to confirm the read", True)
+                except LeadershipLost as lost:
+                    return _error(ErrorCode.LEADER_CHANGED, str(lost), definite=True)
+                except RequestDropped as dropped:
+                    return _error(ErrorCode.STOPPED, dropped.reason, definite=True)
+                await self._wait_applied(index)
+            if scope.cancelled_caught:
+                return _error(ErrorCode.TIMEOUT, "linearizable read timed out", definite=True)
+        return self._with_header(self.state.read(request))
+
+    def _status(self) -> api.StatusResponse:
+        node = self.node
+        assert node is not None
+        status = node.status()
+        kv = self.state.status()
+        return api.StatusResponse(
+            header=self._header(kv.revision),
+            name=self.name,
+            leader=status.leader,
+            raft_term=status.term,
+            raft_index=status.last_index,
+            raft_applied_index=kv.applied_index,
+            revision=kv.revision,
+            compact_revision=kv.compact_revision,
+            keys=kv.keys,
+            is_learner=self.id in node.core.learners,
+            version=VERSION,
+            client_url=format_address(self.client_address),
+            members={self.id: format_address(self.client_address)},
+        )
+
+    def _header(self, revision: int) -> api.ResponseHeader:
+        term = self.node.core.term if self.node is not None else 0
+        return api.ResponseHeader(
+            cluster_id=self.cluster_id, member_id=self.id, revision=revision, raft_term=term
+        )
+
+    def _with_header(self, response: Response | Error) -> Response | Error:
+        if isinstance(response, Error):
+            return response
+        return msgspec.structs.replace(response, header=self._header(response.header.revision))
+
+
+def _error(code: ErrorCode, message: str, definite: bool) -> Error:
+    return Error(code=code, message=message, definite=definite)
+
+
+__all__ = ["Member", "MemberConfig"]

@@ -1,0 +1,234 @@
+"""The replicated state machine: applies committed Raft entries to the store.
+
+:class:`KVStateMachine` is deterministic and sans-I/O: no clock, no network, no
+disk, no randomness.  Every member applies the same entries in the same order
+and computes the same results, events and snapshots.
+
+* :meth:`KVStateMachine.apply` takes a Raft index and the entry's data (an
+  encoded :class:`~kvstore.commands.Command`) and answers an
+  :class:`ApplyResult`: the command (so its origin can answer the waiting
+  client), the response or :class:`~kvstore.api.Error`, and the change events.
+  It never raises.
+* :meth:`KVStateMachine.read` serves a range read outside the log (after a
+  ReadIndex round, or a serializable read).
+* :meth:`KVStateMachine.snapshot` / :meth:`KVStateMachine.restore` carry the
+  whole state (applied index, revision, compacted revision, full history).
+
+Responses carry ``header.revision`` (the store's revision after the request);
+``cluster_id``, ``member_id`` and ``raft_term`` are the server's to fill.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import msgspec
+
+from kvstore.api import (
+    CompactionRequest,
+    DeleteRangeRequest,
+    Error,
+    ErrorCode,
+    Event,
+    PutRequest,
+    RangeRequest,
+    RangeResponse,
+    Response,
+    TxnRequest,
+)
+from kvstore.commands import Command, decode_command
+from kvstore.mvcc import MVCCStore, StoreDump, WriteResult
+from kvstore.validation import no_leases, validate_request
+
+__all__ = ["ApplyResult", "KVStateMachine", "KVStatus", "SNAPSHOT_FORMAT"]
+
+SNAPSHOT_FORMAT = 1
+"""Version of the snapshot encoding written by :meth:`KVStateMachine.snapshot`."""
+_MAGIC = b"KVSM"
+_PREAMBLE = struct.Struct(">4sHI")
+"""Magic, format version, CRC-32 of the body."""
+
+
+class ApplyResult(msgspec.Struct, frozen=True):
+    """What applying one command produced.
+
+    ``command`` is None only when the entry could not be decoded (then
+    ``response`` is a ``MALFORMED`` error).  ``events`` are the changes, in
+    the order applied (empty for errors, reads and compactions).
+    """
+
+    command: Command | None
+    response: Response | Error
+    events: list[Event]
+
+
+class KVStatus(msgspec.Struct, frozen=True):
+    """The state machine's numbers, for status responses and metrics."""
+
+    applied_index: int
+    revision: int
+    compact_revision: int
+    keys: int
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    """The snapshot body.  New fields (leases, ...) go at the end with defaults,
+    so a newer reader still decodes an older body."""
+
+    applied_index: int
+    store: StoreDump
+
+
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+class KVStateMachine:
+    """Applies commands to an :class:`~kvstore.mvcc.MVCCStore`."""
+
+    def __init__(self) -> None:
+        self._store = MVCCStore()
+        self._applied = 0
+
+    # -- Leases -----------------------------------------------------------------------
+
+    def _lease_exists(self, lease: int) -> bool:
+        """The one place the state machine asks whether a lease exists.  No
+        lease does yet; the lessor will answer here."""
+        return no_leases(lease)
+
+    # -- Applying ---------------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        """The Raft index of the last entry applied (0 before any)."""
+        return self._applied
+
+    @property
+    def store(self) -> MVCCStore:
+        """The store, for reads that need more than :meth:`read` (watch
+        replays).  Callers must not write through it."""
+        return self._store
+
+    def apply(self, index: int, data: bytes) -> ApplyResult | None:
+        """Apply the committed entry at ``index``.
+
+        An entry at or below the applied index is ignored (replay after a
+        restart) and answers None, as does an empty entry (Raft's no-op),
+        which only advances the applied index.  Data that is not a command
+        answers a ``MALFORMED`` error.  The request is validated again (bar its
+        size) and answers its validation error if it is one; otherwise it
+        runs.  Never raises: an unexpected failure inside the store is rolled
+        back and answered as a definite ``INTERNAL`` error.
+        """
+        if index <= self._applied:
+            return None
+        self._applied = index
+        if not data:
+            return None
+        try:
+            command = decode_command(data)
+        except Exception as exc:  # msgspec.DecodeError, or anything odd in the bytes
+            error = Error(
+                code=ErrorCode.MALFORMED,
+                message=f"undecodable command at index {index}: {exc}",
+                definite=True,
+            )
+            return ApplyResult(None, error, [])
+        try:
+            return self._apply(command)
+        except Exception as exc:
+            error = Error(
+                code=ErrorCode.INTERNAL,
+                message=f"applying the command at index {index} failed: {exc!r}",
+                definite=True,
+            )
+            return ApplyResult(command, error, [])
+
+    def _apply(self, command: Command) -> ApplyResult:
+        request = command.request
+        error = validate_request(request, lease_exists=self._lease_exists, max_request_bytes=None)
+        if error is not None:
+            return ApplyResult(command, error, [])
+        store = self._store
+        result: WriteResult
+        if isinstance(request, PutRequest):
+            result = store.put(request)
+        elif isinstance(request, DeleteRangeRequest):
+            result = store.delete_range(request)
+        elif isinstance(request, TxnRequest):
+            result = store.txn(request)
+        elif isinstance(request, CompactionRequest):
+            return ApplyResult(command, store.compact(request.revision), [])
+        else:  # pragma: no cover - the decoder admits nothing else
+            error = Error(
+                code=ErrorCode.UNKNOWN_REQUEST,
+                message=f"cannot apply {type(request).__name__}",
+                definite=True,
+            )
+            return ApplyResult(command, error, [])
+        return ApplyResult(command, result.response, result.events)
+
+    # -- Reads ------------------------------------------------------------------------
+
+    def read(self, request: RangeRequest) -> RangeResponse | Error:
+        """Serve a range read from the current state (the caller decides
+        whether that is linearizable).  The caller validates the request first;
+        a negative ``limit`` or ``revision`` is treated as 0."""
+        return self._store.range(request)
+
+    def status(self) -> KVStatus:
+        store = self._store
+        return KVStatus(
+            applied_index=self._applied,
+            revision=store.revision,
+            compact_revision=store.compact_revision,
+            keys=len(store),
+        )
+
+    # -- Snapshots --------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes: a preamble (magic ``KVSM``, format
+        version, CRC-32 of the body) and a msgpack body."""
+        body = _snapshot_encoder.encode(_Snapshot(self._applied, self._store.dump()))
+        return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a :meth:`snapshot`.
+
+        Raises ``ValueError`` (and changes nothing) if ``data`` is not a
+        snapshot, is of an unknown format version, fails its checksum or
+        describes an inconsistent store.
+        """
+        if len(data) < _PREAMBLE.size:
+            raise ValueError("corrupt KV snapshot: too short")
+        magic, version, checksum = _PREAMBLE.unpack_from(data)
+        if magic != _MAGIC:
+            raise ValueError("corrupt KV snapshot: bad magic")
+        if version != SNAPSHOT_FORMAT:
+            raise ValueError(f"KV snapshot format {version} is not supported")
+        body = memoryview(data)[_PREAMBLE.size :]
+        if zlib.crc32(body) != checksum:
+            raise ValueError("corrupt KV snapshot: checksum mismatch")
+        try:
+            snapshot = _snapshot_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"corrupt KV snapshot: {exc}") from exc
+        if snapshot.applied_index < 0:
+            raise ValueError("corrupt KV snapshot: negative applied index")
+        try:
+            store = MVCCStore.load(snapshot.store)
+        except ValueError as exc:
+            raise ValueError(f"corrupt KV snapshot: {exc}") from exc
+        self._store = store
+        self._applied = snapshot.applied_index
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> KVStateMachine:
+        """A state machine restored from :meth:`snapshot` bytes (``ValueError``
+        if they are corrupt)."""
+        machine = cls()
+        machine.restore(data)
+        return machine
