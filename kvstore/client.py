@@ -467,7 +467,10 @@ class Client:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None
-        return await self._stack.__aexit__(exc_type, exc, tb)
+        # The block's own exception must not pass through the nursery, which
+        # would wrap it in an ExceptionGroup: close first, then let it propagate.
+        await self._stack.__aexit__(None, None, None)
+        return None
 
     async def aclose(self) -> None:
         """Close the connection.  Idempotent.  Calls in flight fail: unsent ones

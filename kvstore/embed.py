@@ -64,10 +64,16 @@ async def embedded_member(
         initial_cluster=initial_cluster or {},
         **options,
     )
+    failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
         member: Member = await nursery.start(Member(config).run)
         assert member.node is not None
         await member.node.wait_for_leader()
         async with Client([format_address(member.client_address)]) as client:
-            yield EmbeddedMember(member, client)
+            try:
+                yield EmbeddedMember(member, client)
+            except BaseException as error:  # re-raised below, unwrapped by the nursery
+                failure = error
         nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure

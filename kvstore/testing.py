@@ -91,7 +91,7 @@ class InProcessCluster:
         member = Member(self.config(name))
         stopped = trio.Event()
 
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def run(task_status: trio.TaskStatus[Member] = trio.TASK_STATUS_IGNORED) -> None:
             try:
                 with scope:
                     await member.run(task_status=task_status)
@@ -148,6 +148,7 @@ async def in_process_cluster(
     options.setdefault("tick_interval", 0.02)
     with tempfile.TemporaryDirectory(prefix="kvstore-test-") as scratch:
         root = Path(data_dir) if data_dir is not None else Path(scratch)
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             cluster = InProcessCluster(nursery, size, root, **options)
             for name in cluster.names:
@@ -155,8 +156,11 @@ async def in_process_cluster(
             await cluster.leader()
             try:
                 yield cluster
-            finally:
-                await cluster.stop()
+            except BaseException as error:  # re-raised below, unwrapped by the nursery
+                failure = error
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
 
 @contextmanager

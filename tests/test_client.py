@@ -109,8 +109,8 @@ class FakeMember:
                     )
                     nursery.start_soon(self._handle, exchange)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client, or a test's handler, closed the connection
         finally:
             await trio.aclose_forcefully(stream)
 

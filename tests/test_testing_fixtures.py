@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 import trio
 
-from kvstore.client import SyncClient
+from kvstore.client import InvalidRequest, SyncClient
+from kvstore.embed import embedded_member
 from kvstore.local_cluster import ProcessCluster
 from kvstore.pytest_plugin import kvstore_cluster
 from kvstore.testing import in_process_cluster
@@ -40,5 +42,20 @@ def test_in_process_cluster_restarts_a_member_from_its_data_dir() -> None:
             with trio.fail_after(10):
                 while member.state.status().keys != 1:
                     await trio.sleep(0.01)
+
+    trio.run(main)
+
+
+def test_errors_inside_the_blocks_propagate_unwrapped() -> None:
+    """A KvError raised in the body of an embedded member or a client block
+    reaches the caller as itself, not wrapped in an ExceptionGroup."""
+
+    async def main() -> None:
+        with pytest.raises(InvalidRequest):
+            async with embedded_member("solo") as embedded:
+                await embedded.client.put("", "empty keys are refused")
+        with pytest.raises(InvalidRequest):
+            async with in_process_cluster(size=1) as cluster, cluster.client() as client:
+                await client.put("", "x")
 
     trio.run(main)
