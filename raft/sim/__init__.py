@@ -1,0 +1,57 @@
+"""A deterministic simulator for the Raft core, and the safety checkers.
+
+* :mod:`raft.sim.network`: messages in flight, reorder / delay / drop /
+  duplicate, symmetric and one-way partitions.
+* :mod:`raft.sim.disk`: a node's durable storage (pluggable) and what a crash
+  loses.
+* :mod:`raft.sim.cluster`: N cores on those disks, crashes (also half way
+  through a Ready) and restarts, a readable trace, the liveness phase.
+* :mod:`raft.sim.chaos`: seeded random fault schedules.
+* :mod:`raft.sim.checkers`: election safety, leader append-only, log matching,
+  leader completeness, state machine safety, durability, ReadIndex
+  linearizability.
+
+Everything is driven by one seed: the same seed and the same calls replay the
+same run.
+"""
+
+from raft.sim.chaos import ChaosProfile, run_chaos
+from raft.sim.checkers import (
+    ALL_PROPERTIES,
+    DurabilityViolation,
+    ElectionSafetyViolation,
+    LeaderAppendOnlyViolation,
+    LeaderCompletenessViolation,
+    LogMatchingViolation,
+    ReadIndexViolation,
+    SafetyChecker,
+    StateMachineSafetyViolation,
+    Violation,
+)
+from raft.sim.cluster import Cluster, CrashPoint, LivenessViolation, SimNode
+from raft.sim.disk import Disk, MemoryDisk
+from raft.sim.network import Envelope, Network, format_message
+
+__all__ = [
+    "ALL_PROPERTIES",
+    "ChaosProfile",
+    "Cluster",
+    "CrashPoint",
+    "Disk",
+    "DurabilityViolation",
+    "ElectionSafetyViolation",
+    "Envelope",
+    "LeaderAppendOnlyViolation",
+    "LeaderCompletenessViolation",
+    "LivenessViolation",
+    "LogMatchingViolation",
+    "MemoryDisk",
+    "Network",
+    "ReadIndexViolation",
+    "SafetyChecker",
+    "SimNode",
+    "StateMachineSafetyViolation",
+    "Violation",
+    "format_message",
+    "run_chaos",
+]
