@@ -626,6 +626,7 @@ class RaftCore:
                     progress.become_probe()
                 self._send_append(message.frm)
             return
+        was_paused = progress.is_paused()
         if progress.maybe_update(message.index) or (
             progress.match == message.index and progress.state is ProgressState.PROBE
         ):
@@ -640,6 +641,10 @@ class RaftCore:
                 progress.become_replicate()
             if self._maybe_commit():
                 self._broadcast_pending = True
+            elif was_paused and progress.match == self.log.last_index():
+                # Nothing new to send, but while it was paused the follower may
+                # have missed the commit index moving on: tell it now.
+                self._send_append(message.frm)
             if message.frm == self._lead_transferee and progress.match == self.log.last_index():
                 self._send(TimeoutNow(frm=self._id, to=message.frm, term=self._term))
             while self._send_append(message.frm, send_if_empty=False):

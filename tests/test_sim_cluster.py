@@ -174,3 +174,13 @@ def test_lagging_follower_catches_up_by_snapshot() -> None:
     cluster.crash(lagging)
     cluster.restart(lagging)
     assert cluster.nodes[lagging].state[: len(states[leader])] == cluster.nodes[leader].state
+
+
+def test_a_follower_paused_while_probed_learns_the_commit_without_waiting_for_a_tick() -> None:
+    """When a paused follower's acknowledgement arrives after the commit index
+    moved on and there is nothing new to send, the leader still tells it the
+    commit index at once (an empty AppendEntries), as etcd does."""
+    cluster = Cluster(5, seed=8, config=Config(id=1, pre_vote=False, check_quorum=False))
+    cluster.campaign(1)
+    cluster.stabilize()
+    assert {node.core.log.committed for node in cluster.nodes.values()} == {1}
