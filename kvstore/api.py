@@ -160,6 +160,69 @@ class StatusRequest(_Message, tag="status"):
     """The answering member's view of itself and the cluster (never forwarded)."""
 
 
+class LeaseGrantRequest(_Message, tag="lease_grant"):
+    """Grant a lease of ``ttl`` seconds (raised to the minimum TTL, 1.5 election
+    timeouts, if lower).  ``id == 0`` lets the server choose the id."""
+
+    ttl: int
+    id: int = 0
+
+
+class LeaseRevokeRequest(_Message, tag="lease_revoke"):
+    """Revoke lease ``id``: every key attached to it is deleted, in one revision."""
+
+    id: int
+
+
+class LeaseKeepAliveRequest(_Message, tag="lease_keepalive"):
+    """Renew lease ``id`` for its whole TTL.  Served by the leader only (others
+    answer ``not_leader`` naming it)."""
+
+    id: int
+
+
+class LeaseTimeToLiveRequest(_Message, tag="lease_timetolive"):
+    """How long lease ``id`` has left; with ``keys``, the keys attached to it."""
+
+    id: int
+    keys: bool = False
+
+
+class LeaseLeasesRequest(_Message, tag="lease_leases"):
+    """Every live lease id."""
+
+
+class WatchCreateRequest(_Message, tag="watch_create"):
+    """Watch ``key``, or ``[key, range_end)``, from ``start_revision``
+    (inclusive; 0 = the next revision).
+
+    The answer is a *stream*: the member sends many :class:`WatchResponse`
+    frames carrying the create request's ``request_id`` (which is also the
+    ``watch_id``): first one with ``created``, then events, all events of a
+    revision in one response, in revision order, none skipped or repeated;
+    and last one with ``canceled`` (after a cancel request, or when the watch
+    cannot go on: ``compact_revision`` is then set if history it needed was
+    compacted, so the client re-lists from there).
+    """
+
+    key: bytes
+    range_end: bytes = b""
+    start_revision: int = 0
+    prev_kv: bool = False
+    no_put: bool = False
+    no_delete: bool = False
+    progress_notify: bool = False
+    """Send an empty response (a progress notification) now and then while idle."""
+
+
+class WatchCancelRequest(_Message, tag="watch_cancel"):
+    watch_id: int
+
+
+class WatchProgressRequest(_Message, tag="watch_progress"):
+    """Ask every watch on this connection for a progress notification now."""
+
+
 RequestOp = RangeRequest | PutRequest | DeleteRangeRequest | TxnRequest
 """What a txn may contain."""
 
@@ -170,6 +233,14 @@ Request = (
     | TxnRequest
     | CompactionRequest
     | StatusRequest
+    | LeaseGrantRequest
+    | LeaseRevokeRequest
+    | LeaseKeepAliveRequest
+    | LeaseTimeToLiveRequest
+    | LeaseLeasesRequest
+    | WatchCreateRequest
+    | WatchCancelRequest
+    | WatchProgressRequest
 )
 """Every request a client may send."""
 
@@ -238,6 +309,53 @@ class Event(msgspec.Struct, array_like=True, frozen=True, gc=False):
     prev_kv: KeyValue | None = None
 
 
+class LeaseGrantResponse(_Message, tag="lease_grant"):
+    header: ResponseHeader
+    id: int
+    ttl: int
+
+
+class LeaseRevokeResponse(_Message, tag="lease_revoke"):
+    header: ResponseHeader
+
+
+class LeaseKeepAliveResponse(_Message, tag="lease_keepalive"):
+    header: ResponseHeader
+    id: int
+    ttl: int
+    """Seconds the lease now has; 0 if it has expired or does not exist."""
+
+
+class LeaseTimeToLiveResponse(_Message, tag="lease_timetolive"):
+    header: ResponseHeader
+    id: int
+    ttl: int
+    """Seconds left; -1 if the lease has expired or does not exist."""
+    granted_ttl: int = 0
+    keys: list[bytes] = msgspec.field(default_factory=list)
+
+
+class LeaseLeasesResponse(_Message, tag="lease_leases"):
+    header: ResponseHeader
+    leases: list[int] = msgspec.field(default_factory=list)
+
+
+class WatchResponse(_Message, tag="watch"):
+    """One message of a watch stream (see :class:`WatchCreateRequest`).
+
+    A response with no events and neither ``created`` nor ``canceled`` is a
+    progress notification: every event up to ``header.revision`` has been sent.
+    """
+
+    header: ResponseHeader
+    watch_id: int
+    created: bool = False
+    canceled: bool = False
+    compact_revision: int = 0
+    cancel_reason: str = ""
+    events: list[Event] = msgspec.field(default_factory=list)
+
+
 ResponseOp = RangeResponse | PutResponse | DeleteRangeResponse | TxnResponse
 
 Response = (
@@ -247,6 +365,12 @@ Response = (
     | TxnResponse
     | CompactionResponse
     | StatusResponse
+    | LeaseGrantResponse
+    | LeaseRevokeResponse
+    | LeaseKeepAliveResponse
+    | LeaseTimeToLiveResponse
+    | LeaseLeasesResponse
+    | WatchResponse
 )
 
 

@@ -10,9 +10,23 @@ from __future__ import annotations
 
 import msgspec
 
-from kvstore.api import CompactionRequest, DeleteRangeRequest, PutRequest, TxnRequest
+from kvstore.api import (
+    CompactionRequest,
+    DeleteRangeRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
+    PutRequest,
+    TxnRequest,
+)
 
-WriteRequest = PutRequest | DeleteRangeRequest | TxnRequest | CompactionRequest
+WriteRequest = (
+    PutRequest
+    | DeleteRangeRequest
+    | TxnRequest
+    | CompactionRequest
+    | LeaseGrantRequest
+    | LeaseRevokeRequest
+)
 """Requests that change state and so go through the log."""
 
 

@@ -102,6 +102,8 @@ class MemberConfig:
     """Keep this many revisions of history (0 = no revision-based compaction)."""
     auto_compaction_period: float = 0.0
     """Keep this many seconds of history (0 = no time-based compaction)."""
+    watch_progress_interval: float = 10.0
+    """Idle time after which a watch that asked for progress notifications gets one."""
     max_connection_requests: int = 1024
     """Requests in flight per client connection before reading pauses."""
 

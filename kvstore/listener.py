@@ -22,14 +22,19 @@ from raft.framing import FrameError, FrameReader, encode_frame
 
 if TYPE_CHECKING:
     from kvstore.config import Address
+    from kvstore.watch_stream import WatchStream
 
 log = logging.getLogger(__name__)
 
-_KNOWN_REQUEST_TYPES = {"range", "put", "delete_range", "txn", "compaction", "status"}
+_KNOWN_REQUEST_TYPES = {
+    tag for member in Request.__args__ if isinstance(tag := member.__struct_config__.tag, str)
+}
 
 
 class RequestHandler(Protocol):
     async def handle(self, request: Request) -> Response | Error: ...
+
+    def open_watch(self, request: api.WatchCreateRequest) -> WatchStream | Error: ...
 
 
 class _Envelope(msgspec.Struct, array_like=True):
@@ -94,6 +99,7 @@ class _Connection:
         self._stream = stream
         self._send_lock = trio.Lock()
         self._outbox: list[bytes] = []
+        self._watches: dict[int, WatchStream] = {}
         self._slots = trio.Semaphore(max_inflight)
         try:
             self._peer = str(stream.socket.getpeername())
@@ -136,9 +142,57 @@ class _Connection:
             request = decode_request(envelope.request)
             if isinstance(request, Error):
                 await self._send(envelope.request_id, request)
-                continue
-            await self._slots.acquire()
-            nursery.start_soon(self._answer, envelope.request_id, request)
+            elif isinstance(request, api.WatchCreateRequest):
+                await self._open_watch(envelope.request_id, request, nursery)
+            elif isinstance(request, api.WatchCancelRequest):
+                stream = self._watches.get(request.watch_id)
+                if stream is not None:
+                    stream.cancel("canceled by the client")
+                ack = api.WatchResponse(
+                    header=api.ResponseHeader(), watch_id=request.watch_id, canceled=True
+                )
+                await self._send(envelope.request_id, ack)
+            elif isinstance(request, api.WatchProgressRequest):
+                for stream in self._watches.values():
+                    stream.request_progress()
+                ack = api.WatchResponse(header=api.ResponseHeader(), watch_id=0)
+                await self._send(envelope.request_id, ack)
+            else:
+                await self._slots.acquire()
+                nursery.start_soon(self._answer, envelope.request_id, request)
+
+    async def _open_watch(
+        self, request_id: int, request: api.WatchCreateRequest, nursery: trio.Nursery
+    ) -> None:
+        """Watch ``request``; its responses carry ``request_id``, its watch id."""
+        stream = self._handler.open_watch(request)
+        if isinstance(stream, Error):
+            await self._send(request_id, stream)
+            return
+        if request_id in self._watches:
+            stream.close()
+            await self._send(
+                request_id,
+                Error(
+                    code=ErrorCode.INVALID_ARGUMENT,
+                    message=f"request id {request_id} is already a watch on this connection",
+                    definite=True,
+                ),
+            )
+            return
+        self._watches[request_id] = stream
+        nursery.start_soon(self._pump_watch, request_id, stream)
+
+    async def _pump_watch(self, request_id: int, stream: WatchStream) -> None:
+        try:
+            while not stream.finished:
+                response = await stream.next()
+                await self._send(request_id, msgspec.structs.replace(response, watch_id=request_id))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            stream.close()
+            self._watches.pop(request_id, None)
 
     async def _answer(self, request_id: int, request: Request) -> None:
         try:

@@ -243,6 +243,12 @@ class MVCCStore:
         """The number of keys that exist at the current revision."""
         return len(self._live_keys)
 
+    def live(self) -> Iterator[KeyValue]:
+        """The current version of every key that exists, in key order."""
+        hist = self._hist
+        for key in self._live_keys:
+            yield hist[key][-1]
+
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
         """``key`` as of ``revision`` (``<= 0``: latest), or None if it did not
         exist then.  Does not check ``revision`` against compaction."""

@@ -29,14 +29,17 @@ from kvstore.api import Error, ErrorCode, Request, Response
 from kvstore.commands import Command, WriteRequest, encode_command
 from kvstore.compactor import PeriodicCompactor, RevisionCompactor
 from kvstore.config import MemberConfig, format_address
+from kvstore.lease import Lessor, minimum_ttl
 from kvstore.listener import serve_clients
 from kvstore.state_machine import KVStateMachine
 from kvstore.validation import validate_request
+from kvstore.watch import WatchHub
+from kvstore.watch_stream import WatchStream
 from raft.core import Config
 from raft.disk_storage import DiskStorage
 from raft.errors import ProposalDropped, ReadIndexDropped, RequestDropped
 from raft.messages import ConfState
-from raft.node import LeadershipLost, NodeConfig, RaftNode
+from raft.node import NodeConfig, RaftNode
 from raft.ready import Role
 from raft.storage import MemoryStorage
 from raft.transport import TcpTransport
@@ -72,6 +75,11 @@ class Member:
         self.peer_address = config.listen_peer
         self.started = trio.Event()
         self.stopping = False
+        self._transport: TcpTransport | None = None
+        self.lessor = Lessor()
+        self.min_lease_ttl = minimum_ttl(config.election_timeout)
+        self.watches = WatchHub(lambda: self.state.store)
+        self._watch_ids = itertools.count(1)
 
     # -- Life cycle ---------------------------------------------------------------------
 
@@ -89,35 +97,41 @@ class Member:
         storage = self._open_storage()
         self._storage = storage
         try:
-            transport = TcpTransport(
-                self.id,
-                config.listen_peer,
-                config.peer_ids,
-                cluster_id=self.cluster_id,
-            )
-            node_config = NodeConfig(
-                raft=Config(
-                    id=self.id,
-                    election_tick=config.election_ticks,
-                    heartbeat_tick=config.heartbeat_ticks,
-                ),
-                tick_interval=config.tick_interval,
-                snapshot_count=config.snapshot_count,
-                snapshot_catchup_entries=config.snapshot_catchup_entries,
-                storage_in_thread=isinstance(storage, DiskStorage),
-            )
-            self.node = RaftNode(node_config, storage, transport, random.Random())
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.node.run)
-                if set(config.peer_ids) == {self.id}:
-                    self.node.campaign()  # alone: no need to wait out an election timeout
-                self.peer_address = (config.listen_peer[0], transport.bound_port)
-                nursery.start_soon(self._apply_loop)
-                if config.auto_compaction_retention or config.auto_compaction_period:
-                    nursery.start_soon(self._auto_compact)
+                # Clients first: the peers learn our client address when we dial them.
                 self.client_address = await nursery.start(
                     serve_clients, self, config.listen_client, config.max_connection_requests
                 )
+                transport = TcpTransport(
+                    self.id,
+                    config.listen_peer,
+                    config.peer_ids,
+                    cluster_id=self.cluster_id,
+                    metadata=format_address(self.client_address).encode(),
+                )
+                self._transport = transport
+                node_config = NodeConfig(
+                    raft=Config(
+                        id=self.id,
+                        election_tick=config.election_ticks,
+                        heartbeat_tick=config.heartbeat_ticks,
+                    ),
+                    tick_interval=config.tick_interval,
+                    snapshot_count=config.snapshot_count,
+                    snapshot_catchup_entries=config.snapshot_catchup_entries,
+                    storage_in_thread=isinstance(storage, DiskStorage),
+                )
+                node = RaftNode(node_config, storage, transport, random.Random())
+                await nursery.start(node.run)
+                self.node = node
+                if set(config.peer_ids) == {self.id}:
+                    node.campaign()  # alone: no need to wait out an election timeout
+                self.peer_address = (config.listen_peer[0], transport.bound_port)
+                nursery.start_soon(self._apply_loop)
+                nursery.start_soon(self._leadership_loop)
+                nursery.start_soon(self._expiry_loop)
+                if config.auto_compaction_retention or config.auto_compaction_period:
+                    nursery.start_soon(self._auto_compact)
                 log.info(
                     "member %s (%x) serving clients on %s, peers on %s",
                     self.name,
@@ -142,6 +156,9 @@ class Member:
         async for batch in node.committed:
             if batch.snapshot is not None:
                 self.state.restore(batch.snapshot.data)
+                self.watches.on_restore()
+                if self.lessor.primary:
+                    self._promote_lessor()
                 log.info(
                     "member %s restored a snapshot at %d", self.name, batch.snapshot.meta.index
                 )
@@ -149,6 +166,9 @@ class Member:
                 result = self.state.apply(entry.index, entry.data)
                 if result is None or result.command is None:
                     continue
+                if result.events:
+                    self.watches.on_apply(result.events[0].kv.mod_revision, result.events)
+                self._after_apply(result.command.request, result.response)
                 if result.command.origin == self.id:
                     pending = self._pending.pop(result.command.seq, None)
                     if pending is not None:
@@ -159,6 +179,65 @@ class Member:
             applied = self.state.applied_index
             if node.snapshot_due(applied):
                 await node.save_snapshot(applied, self.state.snapshot())
+
+    def _after_apply(self, request: WriteRequest, response: Response | Error) -> None:
+        """Keep the leader's expiry clock in step with the lease table."""
+        if isinstance(response, api.LeaseGrantResponse):
+            self.lessor.granted(response.id, response.ttl, trio.current_time())
+        elif isinstance(request, api.LeaseRevokeRequest) and not isinstance(response, Error):
+            self.lessor.revoked(request.id)
+
+    # -- Leases -------------------------------------------------------------------------
+
+    def _promote_lessor(self) -> None:
+        self.lessor.promote(
+            self.state.leases.records(), trio.current_time(), self.config.election_timeout
+        )
+
+    async def _leadership_loop(self) -> None:
+        """Only the leader tracks lease expiry; a new leader gives every lease
+        its full TTL plus one election timeout."""
+        node = self.node
+        assert node is not None
+        while True:
+            is_leader = node.role is Role.LEADER
+            if is_leader and not self.lessor.primary:
+                # Apply everything committed before this term first, so the
+                # lessor starts from the full lease table.
+                with trio.move_on_after(self.config.election_timeout):
+                    await self._wait_applied(node.core.log.committed)
+                if node.role is Role.LEADER:
+                    self._promote_lessor()
+                    continue
+            elif not is_leader and self.lessor.primary:
+                self.lessor.demote()
+            await node.wait_leadership_change()
+
+    async def _expiry_loop(self) -> None:
+        """Revoke expired leases through Raft, but only after confirming, with
+        a ReadIndex round, that this member is still the leader: a leader that
+        was stalled must not revoke every lease on waking (etcd#15247)."""
+        node = self.node
+        assert node is not None
+        interval = min(0.5, self.config.election_timeout / 2)
+        while True:
+            await trio.sleep(interval)
+            if not self.lessor.primary:
+                continue
+            expired = self.lessor.expired(trio.current_time())
+            if not expired:
+                continue
+            try:
+                with trio.fail_after(self.config.election_timeout):
+                    await node.read_index()
+            except (trio.TooSlowError, RequestDropped):
+                continue
+            if node.role is not Role.LEADER:
+                continue
+            async with trio.open_nursery() as revokes:
+                for lease_id in expired:
+                    log.info("member %s: lease %x expired, revoking", self.name, lease_id)
+                    revokes.start_soon(self._write, api.LeaseRevokeRequest(id=lease_id))
 
     async def _wait_applied(self, index: int) -> None:
         while self.state.applied_index < index:
@@ -186,17 +265,102 @@ class Member:
     # -- Requests -----------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response | Error:
-        """Answer one client request (never raises for a request's content)."""
+        """Answer one client request (never raises for a request's content).
+
+        Watch requests are streams and go through :meth:`open_watch` instead.
+        """
         if self.stopping or self.node is None:
-            return _error(ErrorCode.STOPPED, "member is stopping", definite=True)
+            return _error(ErrorCode.STOPPED, "member is not serving", definite=True)
         if isinstance(request, api.StatusRequest):
             return self._status()
-        error = validate_request(request)
+        error = validate_request(request, lease_exists=lambda lease: True)
         if error is not None:
             return error
         if isinstance(request, api.RangeRequest):
             return await self._read(request)
+        if isinstance(request, api.LeaseGrantRequest):
+            lease_id = request.id or (secrets.randbits(62) + 1)
+            ttl = max(request.ttl, self.min_lease_ttl)
+            return await self._write(api.LeaseGrantRequest(id=lease_id, ttl=ttl))
+        if isinstance(request, api.LeaseKeepAliveRequest):
+            return self._keep_alive(request)
+        if isinstance(request, api.LeaseTimeToLiveRequest):
+            return self._time_to_live(request)
+        if isinstance(request, api.LeaseLeasesRequest):
+            return await self._leases()
+        if isinstance(
+            request, (api.WatchCreateRequest, api.WatchCancelRequest, api.WatchProgressRequest)
+        ):
+            return _error(ErrorCode.INVALID_ARGUMENT, "watch requests are streams", True)
         return await self._write(request)
+
+    def _not_leader(self) -> Error | None:
+        """None on the leader; otherwise the error that sends the client there."""
+        node = self.node
+        assert node is not None
+        if node.role is Role.LEADER and self.lessor.primary:
+            return None
+        if node.leader == 0:
+            return _error(ErrorCode.NO_LEADER, "no leader", definite=True)
+        address = b""
+        if self._transport is not None:
+            address = self._transport.peer_metadata.get(node.leader, b"")
+        return Error(
+            code=ErrorCode.NOT_LEADER,
+            message="lease keep-alives and time-to-live are served by the leader",
+            definite=True,
+            leader=address.decode(errors="replace"),
+        )
+
+    def _keep_alive(self, request: api.LeaseKeepAliveRequest) -> Response | Error:
+        error = self._not_leader()
+        if error is not None:
+            return error
+        ttl = self.lessor.renew(request.id, trio.current_time())
+        return api.LeaseKeepAliveResponse(
+            header=self._header(self.state.status().revision), id=request.id, ttl=ttl or 0
+        )
+
+    def _time_to_live(self, request: api.LeaseTimeToLiveRequest) -> Response | Error:
+        error = self._not_leader()
+        if error is not None:
+            return error
+        header = self._header(self.state.status().revision)
+        record = self.state.leases.get(request.id)
+        remaining = self.lessor.remaining(request.id, trio.current_time())
+        if record is None or remaining is None:
+            return api.LeaseTimeToLiveResponse(header=header, id=request.id, ttl=-1)
+        keys = self.state.leases.keys(request.id) if request.keys else []
+        return api.LeaseTimeToLiveResponse(
+            header=header, id=request.id, ttl=remaining, granted_ttl=record.ttl, keys=keys
+        )
+
+    async def _leases(self) -> Response | Error:
+        error = await self._linearize()
+        if error is not None:
+            return error
+        return api.LeaseLeasesResponse(
+            header=self._header(self.state.status().revision), leases=self.state.leases.ids()
+        )
+
+    def open_watch(self, request: api.WatchCreateRequest) -> WatchStream | Error:
+        """A new watch stream (see :class:`~kvstore.api.WatchCreateRequest`)."""
+        if self.stopping or self.node is None:
+            return _error(ErrorCode.STOPPED, "member is not serving", definite=True)
+        error = validate_request(request)
+        if error is not None:
+            return error
+        node = self.node
+        watcher = self.watches.create(next(self._watch_ids), request)
+        return WatchStream(
+            self.watches,
+            watcher,
+            self._header,
+            lambda: self.state.store.revision,
+            lambda: node.leader != 0,
+            progress_interval=self.config.watch_progress_interval,
+            leaderless_limit=2 * self.config.election_timeout,
+        )
 
     async def _write(self, request: WriteRequest) -> Response | Error:
         node = self.node
@@ -223,22 +387,27 @@ class Member:
         finally:
             self._pending.pop(seq, None)
 
+    async def _linearize(self) -> Error | None:
+        """Wait until this member's state reflects every write acknowledged
+        before the call (ReadIndex), or say why it cannot (always definite)."""
+        node = self.node
+        assert node is not None
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                index = await node.read_index()
+            except ReadIndexDropped:
+                return _error(ErrorCode.NO_LEADER, "no leader to confirm the read", True)
+            except RequestDropped as dropped:
+                return _error(ErrorCode.STOPPED, dropped.reason, definite=True)
+            await self._wait_applied(index)
+            return None
+        return _error(ErrorCode.TIMEOUT, "linearizable read timed out", definite=True)
+
     async def _read(self, request: api.RangeRequest) -> Response | Error:
         if not request.serializable:
-            node = self.node
-            assert node is not None
-            with trio.move_on_after(self.config.request_timeout) as scope:
-                try:
-                    index = await node.read_index()
-                except ReadIndexDropped:
-                    return _error(ErrorCode.NO_LEADER, "no leader to confirm the read", True)
-                except LeadershipLost as lost:
-                    return _error(ErrorCode.LEADER_CHANGED, str(lost), definite=True)
-                except RequestDropped as dropped:
-                    return _error(ErrorCode.STOPPED, dropped.reason, definite=True)
-                await self._wait_applied(index)
-            if scope.cancelled_caught:
-                return _error(ErrorCode.TIMEOUT, "linearizable read timed out", definite=True)
+            error = await self._linearize()
+            if error is not None:
+                return error
         return self._with_header(self.state.read(request))
 
     def _status(self) -> api.StatusResponse:

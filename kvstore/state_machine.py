@@ -31,15 +31,21 @@ from kvstore.api import (
     Error,
     ErrorCode,
     Event,
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
     PutRequest,
     RangeRequest,
     RangeResponse,
     Response,
+    ResponseHeader,
     TxnRequest,
 )
 from kvstore.commands import Command, decode_command
+from kvstore.lease import LeaseRecord, LeaseTable
 from kvstore.mvcc import MVCCStore, StoreDump, WriteResult
-from kvstore.validation import no_leases, validate_request
+from kvstore.validation import validate_request
 
 __all__ = ["ApplyResult", "KVStateMachine", "KVStatus", "SNAPSHOT_FORMAT"]
 
@@ -78,6 +84,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
 
     applied_index: int
     store: StoreDump
+    leases: list[LeaseRecord] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -90,13 +97,54 @@ class KVStateMachine:
     def __init__(self) -> None:
         self._store = MVCCStore()
         self._applied = 0
+        self._leases = LeaseTable()
 
     # -- Leases -----------------------------------------------------------------------
 
+    @property
+    def leases(self) -> LeaseTable:
+        """The lease table, for reads (callers must not change it)."""
+        return self._leases
+
     def _lease_exists(self, lease: int) -> bool:
-        """The one place the state machine asks whether a lease exists.  No
-        lease does yet; the lessor will answer here."""
-        return no_leases(lease)
+        """The one place the state machine asks whether a lease exists."""
+        return lease in self._leases
+
+    def _grant(self, request: LeaseGrantRequest) -> LeaseGrantResponse | Error:
+        if request.id <= 0 or request.ttl <= 0:
+            return Error(
+                code=ErrorCode.INVALID_ARGUMENT,
+                message="a lease needs a positive id and TTL",
+                definite=True,
+            )
+        if request.id in self._leases:
+            return Error(
+                code=ErrorCode.INVALID_ARGUMENT,
+                message=f"lease {request.id:x} already exists",
+                definite=True,
+            )
+        self._leases.grant(request.id, request.ttl)
+        header = ResponseHeader(revision=self._store.revision)
+        return LeaseGrantResponse(header=header, id=request.id, ttl=request.ttl)
+
+    def _revoke(
+        self, request: LeaseRevokeRequest
+    ) -> tuple[LeaseRevokeResponse | Error, list[Event]]:
+        if request.id not in self._leases:
+            error = Error(
+                code=ErrorCode.LEASE_NOT_FOUND,
+                message=f"lease {request.id:x} not found",
+                definite=True,
+            )
+            return error, []
+        keys = self._leases.revoke(request.id)
+        events: list[Event] = []
+        if keys:
+            # Every attached key goes in one revision, so watchers see one change.
+            deletes = TxnRequest(success=[DeleteRangeRequest(key=key) for key in keys])
+            events = self._store.txn(deletes).events
+        header = ResponseHeader(revision=self._store.revision)
+        return LeaseRevokeResponse(header=header), events
 
     # -- Applying ---------------------------------------------------------------------
 
@@ -161,6 +209,12 @@ class KVStateMachine:
             result = store.txn(request)
         elif isinstance(request, CompactionRequest):
             return ApplyResult(command, store.compact(request.revision), [])
+        elif isinstance(request, LeaseGrantRequest):
+            return ApplyResult(command, self._grant(request), [])
+        elif isinstance(request, LeaseRevokeRequest):
+            response, events = self._revoke(request)
+            self._leases.track(events)
+            return ApplyResult(command, response, events)
         else:  # pragma: no cover - the decoder admits nothing else
             error = Error(
                 code=ErrorCode.UNKNOWN_REQUEST,
@@ -168,6 +222,7 @@ class KVStateMachine:
                 definite=True,
             )
             return ApplyResult(command, error, [])
+        self._leases.track(result.events)
         return ApplyResult(command, result.response, result.events)
 
     # -- Reads ------------------------------------------------------------------------
@@ -192,7 +247,9 @@ class KVStateMachine:
     def snapshot(self) -> bytes:
         """The whole state as bytes: a preamble (magic ``KVSM``, format
         version, CRC-32 of the body) and a msgpack body."""
-        body = _snapshot_encoder.encode(_Snapshot(self._applied, self._store.dump()))
+        body = _snapshot_encoder.encode(
+            _Snapshot(self._applied, self._store.dump(), self._leases.records())
+        )
         return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
 
     def restore(self, data: bytes) -> None:
@@ -222,8 +279,12 @@ class KVStateMachine:
             store = MVCCStore.load(snapshot.store)
         except ValueError as exc:
             raise ValueError(f"corrupt KV snapshot: {exc}") from exc
+        leases = LeaseTable()
+        attached = {kv.key: kv.lease for kv in store.live() if kv.lease}
+        leases.restore(snapshot.leases, attached)
         self._store = store
         self._applied = snapshot.applied_index
+        self._leases = leases
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> KVStateMachine:

@@ -42,12 +42,16 @@ from kvstore.api import (
     DeleteRangeRequest,
     Error,
     ErrorCode,
+    LeaseGrantRequest,
+    LeaseKeepAliveRequest,
+    LeaseRevokeRequest,
+    LeaseTimeToLiveRequest,
     PutRequest,
     RangeRequest,
     Request,
     RequestOp,
-    StatusRequest,
     TxnRequest,
+    WatchCreateRequest,
     encode,
 )
 from kvstore.commands import WriteRequest
@@ -93,7 +97,19 @@ def validate_request(
         elif isinstance(request, CompactionRequest):
             if request.revision <= 0:
                 raise _Invalid(ErrorCode.INVALID_ARGUMENT, "compaction revision must be positive")
-        elif not isinstance(request, StatusRequest):
+        elif isinstance(request, WatchCreateRequest):
+            _check_key(request.key)
+            if request.start_revision < 0:
+                raise _Invalid(ErrorCode.INVALID_ARGUMENT, "start revision must not be negative")
+        elif isinstance(
+            request,
+            (LeaseGrantRequest, LeaseRevokeRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest),
+        ):
+            if isinstance(request, LeaseGrantRequest) and (request.ttl <= 0 or request.id < 0):
+                raise _Invalid(ErrorCode.INVALID_ARGUMENT, "a lease needs a positive TTL")
+            if not isinstance(request, LeaseGrantRequest) and request.id <= 0:
+                raise _Invalid(ErrorCode.LEASE_NOT_FOUND, "lease ids are positive")
+        elif isinstance(request, (RangeRequest, PutRequest, DeleteRangeRequest)):
             _check_op(request, max_txn_ops, lease_exists)
     except _Invalid as invalid:
         return invalid.error

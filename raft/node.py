@@ -140,6 +140,7 @@ class RaftNode:
         self.role = Role.FOLLOWER
         self.leader_changes = 0
         self._leader_known = trio.Event()
+        self._leadership_changed = trio.Event()
         self.dropped_messages = 0
         self.fsyncs = 0
 
@@ -200,6 +201,10 @@ class RaftNode:
 
     def snapshot_due(self, applied_index: int) -> bool:
         return applied_index - self._snapshot_index >= self.config.snapshot_count
+
+    async def wait_leadership_change(self) -> None:
+        """Return at the next change of leader or of this node's role."""
+        await self._leadership_changed.wait()
 
     async def wait_for_leader(self) -> int:
         while self.leader == 0:
@@ -309,6 +314,8 @@ class RaftNode:
         elif self.leader != 0:
             self._leader_known = trio.Event()
         self.leader, self.role = leader, role
+        self._leadership_changed.set()
+        self._leadership_changed = trio.Event()
 
     def _start_read_round(self) -> None:
         batch = self._read_batch

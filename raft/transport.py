@@ -39,6 +39,9 @@ class PeerHello(msgspec.Struct, array_like=True):
     cluster_id: int
     frm: int
     to: int
+    metadata: bytes = b""
+    """Opaque to Raft; the application's word about the sender (kvstore: its
+    client address, so followers can point clients at the leader)."""
 
 
 _hello_decoder = msgspec.msgpack.Decoder(PeerHello)
@@ -85,8 +88,12 @@ class TcpTransport:
         max_frame: int = DEFAULT_MAX_FRAME,
         backoff_min: float = 0.02,
         backoff_max: float = 1.0,
+        metadata: bytes = b"",
     ) -> None:
         self.node_id = node_id
+        self.metadata = metadata
+        self.peer_metadata: dict[int, bytes] = {}
+        """What each peer said about itself when it connected to us."""
         self.listen = listen
         self.cluster_id = cluster_id
         self.stats = PeerStats()
@@ -161,7 +168,12 @@ class TcpTransport:
                 backoff = self._backoff[0]
                 try:
                     async with stream:
-                        hello = PeerHello(cluster_id=self.cluster_id, frm=self.node_id, to=peer)
+                        hello = PeerHello(
+                            cluster_id=self.cluster_id,
+                            frm=self.node_id,
+                            to=peer,
+                            metadata=self.metadata,
+                        )
                         await stream.send_all(encode_frame(msgspec.msgpack.encode(hello)))
                         self.stats.unreachable.discard(peer)
                         await self._pump(peer, stream, queue)
@@ -219,6 +231,7 @@ class TcpTransport:
                     )
                     return
                 peer = hello.frm
+                self.peer_metadata[peer] = hello.metadata
                 while True:
                     payload = await reader.read()
                     if payload is None:
