@@ -90,7 +90,10 @@ class HubMachine(RuleBasedStateMachine):
         )
         if prefix:
             request = WatchCreateRequest(
-                key=b"a", range_end=b"\0", start_revision=start, prev_kv=prev_kv,
+                key=b"a",
+                range_end=b"\0",
+                start_revision=start,
+                prev_kv=prev_kv,
                 no_delete=no_delete,
             )
         watch_id = self.next_id
@@ -222,7 +225,9 @@ def test_an_unrevoked_expiry_is_retried() -> None:
 @settings(max_examples=200)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["grant", "renew", "tick"]), st.integers(1, 4), st.integers(1, 5)),
+        st.tuples(
+            st.sampled_from(["grant", "renew", "tick"]), st.integers(1, 4), st.integers(1, 5)
+        ),
         max_size=40,
     )
 )
