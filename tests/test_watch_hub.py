@@ -23,7 +23,7 @@ from kvstore.api import (
     WatchCreateRequest,
 )
 from kvstore.commands import Command, encode_command
-from kvstore.lease import LeaseRecord, Lessor, LeaseTable
+from kvstore.lease import LeaseRecord, LeaseTable, Lessor
 from kvstore.state_machine import KVStateMachine
 from kvstore.watch import Cancellation, WatchHub
 
