@@ -29,14 +29,24 @@ when a member answers "try elsewhere" (``no_leader``, ``not_leader``,
 ``unavailable``, ``stopped``, ``timeout``, ``leader_changed``).  A ``not_leader``
 answer naming the leader sends the client there next.
 
-**Retries.**  A *read* (range, a txn of ranges only, status) has no effect, so it
-is retried on any of those failures.  A *write* (put, delete, a txn with a
-write, compaction) is retried only when it **definitely did not happen**: it was
+**Retries.**  A *read* (range, a txn of ranges only, status, lease
+time-to-live and list) has no effect, so it is retried on any of those
+failures; so is a lease keep-alive (renewing twice is renewing once).  A
+*write* (put, delete, a txn with a write, compaction, lease grant and revoke)
+is retried only when it **definitely did not happen**: it was
 never written to a socket, or the member's error says ``definite=True``.  A
 write sent on a connection that then ended, or still unanswered at the
 deadline, or answered with an indefinite error, raises :class:`OutcomeUnknown`:
 it may or may not have been applied, and the caller must find out (read it
 back) before retrying.
+
+**Leases.**  Keep-alive and time-to-live are served by the leader only; a
+follower's ``not_leader`` answer names it and the client goes there.  For a
+lease kept alive in the background, use :class:`kvstore.concurrency.Session`.
+
+**Watches.**  :meth:`Client.watch` streams changes on the same connection as
+every other call; a watch survives fail-over without a gap or a duplicate and
+never blocks the connection on a slow consumer (see :class:`Watch`).
 
 Every failure is a :class:`KvError` carrying ``code``, ``definite`` and
 ``message``.  Using a closed client raises :class:`trio.ClosedResourceError`.
@@ -49,7 +59,8 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -66,6 +77,17 @@ from kvstore.api import (
     DeleteRangeResponse,
     Error,
     ErrorCode,
+    Event,
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse,
+    LeaseLeasesRequest,
+    LeaseLeasesResponse,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
+    LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
     PutResponse,
     RangeRequest,
     RangeResponse,
@@ -77,8 +99,12 @@ from kvstore.api import (
     StatusResponse,
     TxnRequest,
     TxnResponse,
+    WatchCancelRequest,
+    WatchCreateRequest,
+    WatchProgressRequest,
+    WatchResponse,
 )
-from kvstore.txn import Compare, Data, Op
+from kvstore.txn import Compare, Data, Op, key_range
 from raft.framing import FrameError, FrameReader, encode_frame
 
 __all__ = [
@@ -91,7 +117,9 @@ __all__ = [
     "Op",
     "OutcomeUnknown",
     "SyncClient",
+    "SyncWatch",
     "Unavailable",
+    "Watch",
     "error_to_exception",
     "normalize_endpoint",
 ]
@@ -140,9 +168,20 @@ class InvalidRequest(KvError):
 
 
 class CompactedError(KvError):
-    """The requested revision was compacted; ``compact_revision`` is the oldest kept."""
+    """The requested revision was compacted; ``compact_revision`` is the oldest kept.
+
+    Raised by reads at a compacted revision and by a :class:`Watch` whose next
+    revision was compacted: re-list (read at the latest revision) and watch
+    again from the revision after that read.
+    """
 
     compact_revision: int = 0
+
+    @classmethod
+    def at(cls, message: str, compact_revision: int, *, endpoint: str = "") -> CompactedError:
+        exc = cls(message, code=ErrorCode.COMPACTED, endpoint=endpoint)
+        exc.compact_revision = compact_revision
+        return exc
 
 
 class Unavailable(KvError):
@@ -227,7 +266,16 @@ def _parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
 
 
 def _is_read(request: Request) -> bool:
-    if isinstance(request, RangeRequest | StatusRequest):
+    """Whether ``request`` may be repeated without changing the outcome: reads,
+    and lease keep-alives (renewing twice is renewing once)."""
+    if isinstance(
+        request,
+        RangeRequest
+        | StatusRequest
+        | LeaseKeepAliveRequest
+        | LeaseTimeToLiveRequest
+        | LeaseLeasesRequest,
+    ):
         return True
     if isinstance(request, TxnRequest):
         return all(_is_read(op) for op in itertools.chain(request.success, request.failure))
@@ -265,6 +313,7 @@ class _Connection:
         self._send_lock = trio.Lock()
         self._outbox: list[bytes] = []
         self._pending: dict[int, _Slot] = {}
+        self._streams: dict[int, Callable[[Response | Error | None], None]] = {}
         self._ids = itertools.count(1)
         self._scope = trio.CancelScope()
         self.dead = False
@@ -279,6 +328,10 @@ class _Connection:
             with self._scope:
                 while (payload := await self._reader.read()) is not None:
                     frame = api.decode_server_frame(payload)
+                    sink = self._streams.get(frame.request_id)
+                    if sink is not None:
+                        sink(frame.response)  # never blocks: see Watch._feed
+                        continue
                     slot = self._pending.get(frame.request_id)
                     if slot is not None and slot.answer is None:
                         slot.answer = frame.response
@@ -295,6 +348,9 @@ class _Connection:
         self._scope.cancel()
         for slot in self._pending.values():
             slot.event.set()
+        streams, self._streams = self._streams, {}
+        for sink in streams.values():
+            sink(None)
 
     def retire(self) -> None:
         """Take no new requests; close once the outstanding ones are answered."""
@@ -311,32 +367,13 @@ class _Connection:
         partial frame would corrupt it); cancellation while waiting does not.
         """
         request_id = next(self._ids)
-        payload = encode_frame(api.encode(ClientFrame(request_id, request)))
-        if len(payload) > api.MAX_FRAME_BYTES:
-            raise InvalidRequest(
-                f"request of {len(payload)} bytes exceeds the {api.MAX_FRAME_BYTES}-byte limit",
-                code=ErrorCode.REQUEST_TOO_LARGE,
-            )
+        payload = _encode_request(request_id, request)
         if self.dead:
             raise _NotSent
         slot = self._pending[request_id] = _Slot()
         try:
             on_send()
-            # Frames queue up while one write is under way; whoever takes the
-            # lock next writes them all at once (one system call for many).
-            self._outbox.append(payload)
-            async with self._send_lock:
-                if self._outbox:
-                    data = b"".join(self._outbox)
-                    self._outbox.clear()
-                    try:
-                        await self._stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                        self.close()
-                        raise _Lost from exc
-                    except BaseException:
-                        self.close()
-                        raise
+            await self._write(payload)
             await slot.event.wait()
             if slot.answer is None:
                 raise _Lost
@@ -345,6 +382,59 @@ class _Connection:
             del self._pending[request_id]
             if self.retired and not self._pending:
                 self.close()
+
+    def new_stream(self, sink: Callable[[Response | Error | None], None]) -> int:
+        """Reserve a request id whose every answer goes to ``sink`` (called
+        from the reader task: it must not block), until :meth:`end_stream`.
+        ``sink(None)`` means the connection ended.  Raises :class:`_NotSent`
+        if the connection is already dead."""
+        if self.dead:
+            raise _NotSent
+        request_id = next(self._ids)
+        self._streams[request_id] = sink
+        return request_id
+
+    def end_stream(self, request_id: int) -> None:
+        """Stop routing answers for ``request_id``; later ones are dropped."""
+        self._streams.pop(request_id, None)
+
+    async def send(self, request: Request, request_id: int | None = None) -> None:
+        """Write ``request`` without waiting for an answer (one is dropped if it
+        comes, unless ``request_id`` is a stream's).  Raises :class:`_NotSent`
+        or :class:`_Lost` like :meth:`roundtrip`."""
+        if request_id is None:
+            request_id = next(self._ids)
+        payload = _encode_request(request_id, request)
+        if self.dead:
+            raise _NotSent
+        await self._write(payload)
+
+    async def _write(self, payload: bytes) -> None:
+        # Frames queue up while one write is under way; whoever takes the
+        # lock next writes them all at once (one system call for many).
+        self._outbox.append(payload)
+        async with self._send_lock:
+            if self._outbox:
+                data = b"".join(self._outbox)
+                self._outbox.clear()
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close()
+                    raise _Lost from exc
+                except BaseException:
+                    self.close()
+                    raise
+
+
+def _encode_request(request_id: int, request: Request) -> bytes:
+    payload = encode_frame(api.encode(ClientFrame(request_id, request)))
+    if len(payload) > api.MAX_FRAME_BYTES:
+        raise InvalidRequest(
+            f"request of {len(payload)} bytes exceeds the {api.MAX_FRAME_BYTES}-byte limit",
+            code=ErrorCode.REQUEST_TOO_LARGE,
+        )
+    return payload
 
 
 # -- The client -----------------------------------------------------------------------
@@ -439,11 +529,22 @@ class Client:
         self._hint = ""
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
+        self._background: set[trio.CancelScope] = set()
         self._closed = False
 
     @property
     def endpoints(self) -> list[str]:
         return list(self._endpoints)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    @property
+    def request_timeout(self) -> float:
+        """The bound on each call, in seconds."""
+        return self._request_timeout
 
     @property
     def endpoint(self) -> str | None:
@@ -476,9 +577,33 @@ class Client:
         """Close the connection.  Idempotent.  Calls in flight fail: unsent ones
         with :class:`trio.ClosedResourceError`, sent writes with :class:`OutcomeUnknown`."""
         self._closed = True
+        for scope in list(self._background):
+            scope.cancel()
         for conn in list(self._connections):
             conn.close()
         await trio.lowlevel.checkpoint()
+
+    def start_background_task(
+        self, async_fn: Callable[[], Awaitable[object]], *, name: str | None = None
+    ) -> trio.CancelScope:
+        """Run ``async_fn()`` in the client's nursery, for work that must outlive
+        one call (a watch, a session's keep-alives).  It is cancelled when the
+        client closes, or earlier through the returned scope.  It must not
+        raise: an exception would tear the client down."""
+        if self._nursery is None or self._closed:
+            raise trio.ClosedResourceError("the client is closed or not entered")
+        scope = trio.CancelScope()
+        self._background.add(scope)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await async_fn()
+            finally:
+                self._background.discard(scope)
+
+        self._nursery.start_soon(run, name=name or async_fn)
+        return scope
 
     # -- KV API -----------------------------------------------------------------------
 
@@ -580,6 +705,82 @@ class Client:
                 raise error_to_exception(answer, write=False, endpoint=endpoint)
             return _expect(answer, StatusResponse)
         raise Unavailable(f"{endpoint} did not answer within {self._request_timeout:g}s")
+
+    # -- Leases -------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int, id: int = 0) -> LeaseGrantResponse:
+        """Grant a lease of ``ttl`` seconds; the server raises a TTL below its
+        minimum (1.5 election timeouts) and picks the id if ``id`` is 0.  The
+        answer has the id and the TTL actually granted.  Not retried once sent
+        (a retry could grant a second lease): may raise :class:`OutcomeUnknown`."""
+        request = LeaseGrantRequest(ttl=ttl, id=id)
+        return _expect(await self.request(request), LeaseGrantResponse)
+
+    async def lease_revoke(self, id: int) -> LeaseRevokeResponse:
+        """Revoke lease ``id``; every key attached to it is deleted in one
+        revision.  Raises :class:`InvalidRequest` (``lease_not_found``) if it
+        does not exist."""
+        return _expect(await self.request(LeaseRevokeRequest(id=id)), LeaseRevokeResponse)
+
+    async def lease_keep_alive_once(self, id: int) -> LeaseKeepAliveResponse:
+        """Renew lease ``id`` for its whole TTL once.  The answer's ``ttl`` is 0
+        if the lease has expired or never existed.  Only the leader serves it;
+        the client follows a ``not_leader`` answer there, and retries freely
+        (renewing twice is harmless)."""
+        request = LeaseKeepAliveRequest(id=id)
+        return _expect(await self.request(request), LeaseKeepAliveResponse)
+
+    async def lease_time_to_live(self, id: int, keys: bool = False) -> LeaseTimeToLiveResponse:
+        """Seconds lease ``id`` has left (``ttl == -1``: expired or unknown),
+        its granted TTL and, with ``keys``, the keys attached.  Served by the
+        leader, like keep-alives."""
+        request = LeaseTimeToLiveRequest(id=id, keys=keys)
+        return _expect(await self.request(request), LeaseTimeToLiveResponse)
+
+    async def lease_leases(self) -> LeaseLeasesResponse:
+        """The ids of every live lease."""
+        return _expect(await self.request(LeaseLeasesRequest()), LeaseLeasesResponse)
+
+    # -- Watch --------------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: Data,
+        range_end: Data | None = None,
+        *,
+        prefix: bool = False,
+        from_key: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        no_put: bool = False,
+        no_delete: bool = False,
+        progress_notify: bool = False,
+        max_buffered: int = 256,
+    ) -> Watch:
+        """Watch ``key``, ``[key, range_end)``, a ``prefix`` or every key
+        ``>= key`` (``from_key``) from ``start_revision`` (inclusive; 0 = the
+        revision after the one current when the watch is created).
+
+        Returns a :class:`Watch`: enter it with ``async with`` (which returns
+        once the member has created the watch, so every write made after that
+        is seen) and iterate it for :class:`~kvstore.api.WatchResponse`
+        batches.  See :class:`Watch` for fail-over, ordering and backpressure.
+        """
+        start, end = key_range(key, range_end, prefix=prefix, from_key=from_key)
+        if start_revision < 0:
+            raise ValueError("start_revision must not be negative")
+        if max_buffered < 1:
+            raise ValueError("max_buffered must be at least 1")
+        request = WatchCreateRequest(
+            key=start,
+            range_end=end,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            no_put=no_put,
+            no_delete=no_delete,
+            progress_notify=progress_notify,
+        )
+        return Watch(self, request, max_buffered)
 
     # -- Requests, retries and fail-over ------------------------------------------------
 
@@ -703,6 +904,386 @@ class Client:
             raise KvError(f"{endpoint} sent a malformed answer: {exc}") from exc
 
 
+# -- Watches --------------------------------------------------------------------------
+
+
+class _Attempt:
+    """One server-side watch: a create request on one connection, until it ends."""
+
+    __slots__ = ("answer", "conn", "created", "ended", "outcome", "watch_id")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.watch_id = 0
+        self.created = trio.Event()
+        self.ended = trio.Event()
+        self.outcome = ""
+        """Why it ended: ``lost``, ``overflow``, ``canceled`` or ``error``."""
+        self.answer: WatchResponse | Error | None = None
+
+    def end(self, outcome: str, answer: WatchResponse | Error | None = None) -> None:
+        if not self.ended.is_set():
+            self.outcome, self.answer = outcome, answer
+            self.ended.set()
+
+
+class Watch:
+    """A watch that survives fail-over.  Get one from :meth:`Client.watch`::
+
+        async with client.watch("config/", prefix=True) as watch:
+            async for response in watch:          # a WatchResponse per batch
+                for event in response.events:
+                    ...
+
+    **What you get.**  Iterating yields :class:`~kvstore.api.WatchResponse`
+    values that have events (every event of one revision is in the same
+    response; a response may hold several revisions), in revision order, each
+    event exactly once; and *progress notifications* (no events: every event
+    up to ``header.revision`` has been yielded), after :meth:`request_progress`
+    or, with ``progress_notify``, when the watch is idle.  ``watch_id`` is the
+    id of the member's watch of the moment and changes on resume.
+    :meth:`events` yields the events one by one instead.
+
+    **Fail-over.**  The watch lives on the client's connection, multiplexed
+    with other requests and watches.  When that connection ends, the member
+    cancels the watch (e.g. because it lost its leader) or does not create it
+    in time, the client fails over like any request and re-creates the watch
+    from the revision after the last one it received (or, if none yet, from
+    the original start; for a watch "from now", from the revision after the
+    one current when it was first created).  Any event at or below the last
+    received revision is dropped, so a member that replays too much causes no
+    duplicate, and asking from exactly the next revision leaves no gap.  It
+    keeps retrying, with back-off, until it works or the watch is closed.
+
+    **Backpressure.**  Responses wait in a buffer of ``max_buffered``
+    responses until iterated.  The connection's reader never blocks on a slow
+    consumer (other requests and watches go on): when the buffer is full, the
+    client cancels the member's watch and, once the consumer has drained half
+    the buffer, re-creates it from the revision after the last one buffered,
+    so the member replays the rest from its history.  Nothing is skipped.
+
+    **Compaction.**  If history the watch needs was compacted (the start
+    revision, or the resume point after a long outage), the events received so
+    far are yielded and then :class:`CompactedError` is raised with
+    ``compact_revision``: re-list, and watch again from after that read.
+    Other errors that cannot be fixed by failing over (an invalid request) are
+    raised the same way, or by ``async with`` if the watch was never created.
+
+    One task should iterate a watch at a time.  :meth:`aclose` (or leaving the
+    ``async with`` block) cancels it on the member; iteration then ends.
+    """
+
+    def __init__(self, client: Client, request: WatchCreateRequest, max_buffered: int) -> None:
+        self._client = client
+        self._request = request
+        self._max_buffered = max_buffered
+        self._buffer: deque[WatchResponse] = deque()
+        self._next_revision = request.start_revision
+        """The first revision not yet received (0: "now", before creation)."""
+        self._items = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
+        self._ready = trio.Event()
+        self._created_once = False
+        self._attempt: _Attempt | None = None
+        self._progress_owed = False
+        self._error: BaseException | None = None
+        self._finished = False
+        self._closed = False
+        self._scope: trio.CancelScope | None = None
+        self.resumes = 0
+        """How many times the watch was re-created (fail-over or backpressure)."""
+
+    @property
+    def request(self) -> WatchCreateRequest:
+        """What was asked for (``start_revision`` as originally given)."""
+        return self._request
+
+    @property
+    def next_revision(self) -> int:
+        """The first revision whose events have not been received: where the
+        watch resumes from.  0 until a watch "from now" has been created."""
+        return self._next_revision
+
+    # -- Life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> Watch:
+        """Create the watch on a member; return once it is created.  ``async
+        with`` does this.  Raises :class:`Unavailable` if that does not happen
+        within the client's ``request_timeout``, or the error that stopped it."""
+        if self._scope is not None:
+            raise RuntimeError("a Watch can be started only once")
+        client = self._client
+        self._scope = client.start_background_task(self._run, name=f"watch {self._request.key!r}")
+        with trio.move_on_after(client._request_timeout):
+            await self._ready.wait()
+        if not self._ready.is_set() or (self._error is not None and not self._created_once):
+            error = self._error
+            await self.aclose()
+            if error is not None:
+                raise error
+            raise Unavailable(
+                f"the watch was not created within {client._request_timeout:g}s",
+                code=ErrorCode.UNAVAILABLE,
+            )
+        return self
+
+    async def aclose(self) -> None:
+        """Cancel the watch (on the member too, if its connection is alive) and
+        end iteration.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+        attempt, self._attempt = self._attempt, None
+        self._finish()
+        if attempt is not None and not attempt.ended.is_set():
+            attempt.end("closed")
+            attempt.conn.end_stream(attempt.watch_id)
+            with trio.CancelScope(shield=True), suppress(_NotSent, _Lost):
+                await self._send_bounded(
+                    attempt.conn, WatchCancelRequest(watch_id=attempt.watch_id)
+                )
+        await trio.lowlevel.checkpoint()
+
+    cancel = aclose
+
+    async def __aenter__(self) -> Watch:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def request_progress(self) -> None:
+        """Ask for a progress notification: a response with no events, yielded
+        after every event up to its ``header.revision``.  If the watch is being
+        re-created just now, the request is made once it is."""
+        attempt = self._attempt
+        if attempt is None or not attempt.created.is_set() or attempt.ended.is_set():
+            self._progress_owed = True
+            return
+        try:
+            await attempt.conn.send(WatchProgressRequest())
+        except (_NotSent, _Lost):
+            self._progress_owed = True
+
+    # -- Iteration ----------------------------------------------------------------------
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchResponse:
+        response = await self.next()
+        if response is None:
+            raise StopAsyncIteration
+        return response
+
+    async def next(self) -> WatchResponse | None:
+        """The next response; None once the watch is closed.  Raises the error
+        that ended the watch (e.g. :class:`CompactedError`) after the responses
+        received before it."""
+        if self._scope is None:
+            raise RuntimeError("start the watch first: `async with client.watch(...)`")
+        while True:
+            if self._buffer:
+                response = self._buffer.popleft()
+                if len(self._buffer) <= self._max_buffered // 2:
+                    self._room.unpark_all()
+                return response
+            if self._closed:
+                return None
+            if self._finished:
+                if self._error is not None:
+                    raise self._error
+                return None
+            await self._items.park()
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        """The events alone, one by one (progress notifications are skipped)."""
+        async for response in self:
+            for event in response.events:
+                yield event
+
+    # -- The member's side: fed by the connection reader -----------------------------------
+
+    def _feed(self, attempt: _Attempt, answer: Response | Error | None) -> None:
+        """One answer for ``attempt`` (None: its connection ended).  Called by
+        the connection's reader task, so it never blocks: a full buffer ends
+        the attempt (to be re-created later) instead."""
+        if attempt.ended.is_set():
+            return
+        if answer is None:
+            attempt.end("lost")
+            return
+        if isinstance(answer, Error):
+            attempt.end("error", answer)
+            return
+        if not isinstance(answer, WatchResponse):
+            message = f"a watch got a {type(answer).__name__}"
+            attempt.end("error", Error(code=ErrorCode.INTERNAL, message=message, definite=True))
+            return
+        if answer.created:
+            if self._next_revision == 0:
+                # "From now" means after this revision, wherever we resume.
+                self._next_revision = answer.header.revision + 1
+            attempt.created.set()
+        fresh = [event for event in answer.events if event.kv.mod_revision >= self._next_revision]
+        if fresh:
+            if not self._accept(attempt, answer, fresh):
+                return
+            self._next_revision = fresh[-1].kv.mod_revision + 1
+        elif not (answer.events or answer.created or answer.canceled):
+            # A progress notification: every event up to this revision was sent.
+            # A member behind what we already received says less than we know:
+            # every event up to the revision before our next one was received.
+            bookmark = max(answer.header.revision, self._next_revision - 1)
+            if bookmark > answer.header.revision:
+                header = msgspec.structs.replace(answer.header, revision=bookmark)
+                answer = msgspec.structs.replace(answer, header=header)
+            if not self._accept(attempt, answer, []):
+                self._progress_owed = True
+                return
+            self._next_revision = bookmark + 1
+        if answer.canceled:
+            attempt.end("canceled", answer)
+
+    def _accept(self, attempt: _Attempt, answer: WatchResponse, events: list[Event]) -> bool:
+        if len(self._buffer) >= self._max_buffered:
+            attempt.end("overflow")
+            return False
+        if len(events) != len(answer.events):
+            answer = msgspec.structs.replace(answer, events=events)
+        if answer.created or answer.canceled:
+            answer = msgspec.structs.replace(answer, created=False, canceled=False)
+        self._buffer.append(answer)
+        self._items.unpark_all()
+        return True
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if not self._finished:
+            self._finished = True
+            self._error = error
+        self._ready.set()
+        self._items.unpark_all()
+
+    # -- Keeping a member's watch going ---------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._maintain()
+        except Exception as exc:  # handed to the consumer, never to the client's nursery
+            self._finish(exc)
+        except trio.Cancelled:
+            if self._client._closed and not self._closed:
+                self._finish(trio.ClosedResourceError("the client is closed"))
+            raise
+
+    async def _maintain(self) -> None:
+        client = self._client
+        call = _Call(self._request)
+        while True:
+            await self._wait_for_room()
+            conn = await client._connection(call)
+            attempt = _Attempt(conn)
+            request = msgspec.structs.replace(self._request, start_revision=self._next_revision)
+            try:
+                attempt.watch_id = conn.new_stream(functools.partial(self._feed, attempt))
+                self._attempt = attempt
+                # Not cancelled halfway (a partial frame would kill the connection).
+                with trio.CancelScope(shield=True):
+                    await self._send_bounded(conn, request, attempt.watch_id)
+            except (_NotSent, _Lost):
+                attempt.end("lost")
+            with trio.move_on_after(client._read_attempt_timeout):
+                await _first(attempt.created, attempt.ended)
+            if not attempt.created.is_set() and not attempt.ended.is_set():
+                attempt.end("timeout")
+                await self._cancel_on_member(attempt)
+            if attempt.created.is_set() and not attempt.ended.is_set():
+                call = _Call(self._request)  # a success: start back-off afresh
+                self._created_once = True
+                self._ready.set()
+                if self._progress_owed:
+                    self._progress_owed = False
+                    await self.request_progress()
+            await attempt.ended.wait()
+            conn.end_stream(attempt.watch_id)
+            self._attempt = None
+            reason = await self._after(attempt)
+            self.resumes += 1
+            log.debug("watch resumes from %d: %s", self._next_revision, reason)
+            if reason != "backpressure":
+                await trio.sleep(call.failed(conn.endpoint, reason, len(client._endpoints)))
+
+    async def _after(self, attempt: _Attempt) -> str:
+        """Deal with how ``attempt`` ended: raise if the watch cannot go on,
+        else return why it must be re-created."""
+        client, conn, answer = self._client, attempt.conn, attempt.answer
+        if attempt.outcome == "overflow":
+            await self._cancel_on_member(attempt)
+            return "backpressure"
+        if isinstance(answer, WatchResponse):  # canceled by the member
+            if answer.compact_revision:
+                reason = answer.cancel_reason or "compacted"
+                raise CompactedError.at(
+                    f"watch from revision {self._next_revision}: {reason}"
+                    f" (oldest revision kept: {answer.compact_revision})",
+                    answer.compact_revision,
+                    endpoint=conn.endpoint,
+                )
+            # A member that gives up on a watch unasked (e.g. it lost its
+            # leader) is no place to re-create it.
+            client._fail_over(conn)
+            return f"canceled by the member: {answer.cancel_reason or 'no reason given'}"
+        if isinstance(answer, Error):
+            exc = error_to_exception(answer, write=False, endpoint=conn.endpoint)
+            if answer.code not in _TRY_ELSEWHERE:
+                raise exc
+            client._fail_over(conn, answer.leader)
+            return answer.message
+        client._fail_over(conn)
+        return "no answer" if attempt.outcome == "timeout" else "connection lost"
+
+    async def _cancel_on_member(self, attempt: _Attempt) -> None:
+        attempt.conn.end_stream(attempt.watch_id)
+        with suppress(_NotSent, _Lost):
+            await self._send_bounded(attempt.conn, WatchCancelRequest(watch_id=attempt.watch_id))
+
+    async def _send_bounded(
+        self, conn: _Connection, request: Request, request_id: int | None = None
+    ) -> None:
+        """Send on ``conn``; a member that takes no bytes for ``connect_timeout``
+        costs the connection, not a hang."""
+        with trio.move_on_after(self._client._connect_timeout) as scope:
+            await conn.send(request, request_id)
+        if scope.cancelled_caught:
+            conn.close()
+            raise _Lost
+
+    async def _wait_for_room(self) -> None:
+        while len(self._buffer) > self._max_buffered // 2:
+            await self._room.park()
+
+
+async def _first(*events: trio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    if any(event.is_set() for event in events):
+        return
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
+
+
 # -- Blocking wrapper -----------------------------------------------------------------
 
 P = ParamSpec("P")
@@ -797,3 +1378,72 @@ class SyncClient:
     compact = _blocking(Client.compact)
     status = _blocking(Client.status)
     request = _blocking(Client.request)
+    lease_grant = _blocking(Client.lease_grant)
+    lease_revoke = _blocking(Client.lease_revoke)
+    lease_keep_alive_once = _blocking(Client.lease_keep_alive_once)
+    lease_time_to_live = _blocking(Client.lease_time_to_live)
+    lease_leases = _blocking(Client.lease_leases)
+
+    def watch(
+        self,
+        key: Data,
+        range_end: Data | None = None,
+        *,
+        prefix: bool = False,
+        from_key: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        no_put: bool = False,
+        no_delete: bool = False,
+        progress_notify: bool = False,
+        max_buffered: int = 256,
+    ) -> SyncWatch:
+        """A blocking :meth:`Client.watch`: use ``with client.watch(...) as w:``
+        and iterate ``w`` (each step blocks until the next response)."""
+        watch = self._client.watch(
+            key,
+            range_end,
+            prefix=prefix,
+            from_key=from_key,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            no_put=no_put,
+            no_delete=no_delete,
+            progress_notify=progress_notify,
+            max_buffered=max_buffered,
+        )
+        return SyncWatch(self, watch)
+
+
+class SyncWatch:
+    """A :class:`Watch` for blocking code (from :meth:`SyncClient.watch`), with
+    the same guarantees.  Iterating yields :class:`~kvstore.api.WatchResponse`
+    values and raises what the watch raises (e.g. :class:`CompactedError`)."""
+
+    def __init__(self, client: SyncClient, watch: Watch) -> None:
+        self._client = client
+        self.watch = watch
+
+    def __enter__(self) -> SyncWatch:
+        self._client._run(self.watch.start)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[WatchResponse]:
+        while (response := self._client._run(self.watch.next)) is not None:
+            yield response
+
+    def request_progress(self) -> None:
+        self._client._run(self.watch.request_progress)
+
+    def close(self) -> None:
+        """Cancel the watch.  Idempotent; a no-op once the client is closed."""
+        with suppress(trio.ClosedResourceError):
+            self._client._run(self.watch.aclose)

@@ -215,6 +215,8 @@ class MVCCStore:
     """
 
     def __init__(self) -> None:
+        self.lease_exists: Callable[[int], bool] = lambda lease: True
+        """Whether a lease id exists; the state machine plugs its lease table in."""
         self._revision = 1
         self._compact_revision = 0
         self._hist: dict[bytes, list[KeyValue]] = {}
@@ -453,6 +455,16 @@ class MVCCStore:
             last = history[-1]
             if last.version:
                 prev = last
+        if request.lease and not self.lease_exists(request.lease):
+            # Checked when the put runs, so a txn branch that does not run
+            # cannot fail on a lease that is gone (as in etcd).
+            raise _Abort(
+                Error(
+                    code=ErrorCode.LEASE_NOT_FOUND,
+                    message="requested lease not found",
+                    definite=True,
+                )
+            )
         if prev is None:
             if request.ignore_value or request.ignore_lease:
                 raise _Abort(_key_not_found())

@@ -50,11 +50,13 @@ VERSION = "0.1.0"
 
 
 class _PendingWrite:
-    __slots__ = ("done", "response")
+    __slots__ = ("done", "response", "term")
 
-    def __init__(self) -> None:
+    def __init__(self, term: int) -> None:
         self.done = trio.Event()
         self.response: Response | Error | None = None
+        self.term = term
+        """The Raft term when it was proposed."""
 
 
 class Member:
@@ -200,6 +202,7 @@ class Member:
         node = self.node
         assert node is not None
         while True:
+            self._release_writes_of_old_terms()
             is_leader = node.role is Role.LEADER
             if is_leader and not self.lessor.primary:
                 # Apply everything committed before this term first, so the
@@ -212,6 +215,19 @@ class Member:
             elif not is_leader and self.lessor.primary:
                 self.lessor.demote()
             await node.wait_leadership_change()
+
+    def _release_writes_of_old_terms(self) -> None:
+        """Once a new leader is known, writes proposed in an earlier term are
+        answered "leader changed" (outcome unknown) at once, rather than after
+        the whole request timeout: the client can retry elsewhere sooner."""
+        node = self.node
+        assert node is not None
+        if node.leader == 0:
+            return
+        term = node.core.term
+        for pending in self._pending.values():
+            if pending.term < term and not pending.done.is_set():
+                pending.done.set()
 
     async def _expiry_loop(self) -> None:
         """Revoke expired leases through Raft, but only after confirming, with
@@ -366,7 +382,7 @@ class Member:
         node = self.node
         assert node is not None
         seq = next(self._seq)
-        pending = _PendingWrite()
+        pending = _PendingWrite(node.core.term)
         self._pending[seq] = pending
         try:
             try:
@@ -378,6 +394,12 @@ class Member:
             if pending.response is None:
                 if self.stopping:
                     return _error(ErrorCode.STOPPED, "member stopped", definite=False)
+                if pending.done.is_set():
+                    return _error(
+                        ErrorCode.LEADER_CHANGED,
+                        "the leader changed before the write was applied; it may still be",
+                        definite=False,
+                    )
                 return _error(
                     ErrorCode.TIMEOUT,
                     "timed out waiting for the write to commit; it may still happen",

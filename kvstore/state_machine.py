@@ -91,11 +91,16 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 
 
+def _any_lease(lease: int) -> bool:
+    return True
+
+
 class KVStateMachine:
     """Applies commands to an :class:`~kvstore.mvcc.MVCCStore`."""
 
     def __init__(self) -> None:
         self._store = MVCCStore()
+        self._store.lease_exists = self._lease_exists
         self._applied = 0
         self._leases = LeaseTable()
 
@@ -196,7 +201,9 @@ class KVStateMachine:
 
     def _apply(self, command: Command) -> ApplyResult:
         request = command.request
-        error = validate_request(request, lease_exists=self._lease_exists, max_request_bytes=None)
+        # Leases are checked by the store as each put runs (only the branch a
+        # txn takes), so validation here takes every lease for existing.
+        error = validate_request(request, lease_exists=_any_lease, max_request_bytes=None)
         if error is not None:
             return ApplyResult(command, error, [])
         store = self._store
@@ -282,6 +289,7 @@ class KVStateMachine:
         leases = LeaseTable()
         attached = {kv.key: kv.lease for kv in store.live() if kv.lease}
         leases.restore(snapshot.leases, attached)
+        store.lease_exists = self._lease_exists
         self._store = store
         self._applied = snapshot.applied_index
         self._leases = leases

@@ -14,12 +14,21 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kvstore.api import (
+    Compare,
+    CompareResult,
+    CompareTarget,
     DeleteRangeRequest,
+    Error,
+    ErrorCode,
     Event,
     EventType,
     KeyValue,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
     PutRequest,
+    RangeRequest,
     TxnRequest,
+    TxnResponse,
     WatchCreateRequest,
 )
 from kvstore.commands import Command, encode_command
@@ -273,3 +282,36 @@ def test_lease_table_follows_key_attachments() -> None:
     assert table.keys(1) == []
     assert table.revoke(2) == [b"x"]
     assert 2 not in table
+
+
+def test_a_txn_checks_leases_only_on_the_branch_it_takes() -> None:
+    state = KVStateMachine()
+    index = 0
+
+    def apply(request: object) -> object:
+        nonlocal index
+        index += 1
+        result = state.apply(index, encode_command(Command(1, index, request)))  # type: ignore[arg-type]
+        assert result is not None
+        return result.response
+
+    apply(LeaseGrantRequest(id=5, ttl=10))
+    apply(LeaseRevokeRequest(id=5))
+    response = apply(
+        TxnRequest(
+            compare=[
+                Compare(
+                    key=b"absent",
+                    target=CompareTarget.VERSION,
+                    result=CompareResult.GREATER,
+                    value=0,
+                )
+            ],
+            success=[PutRequest(key=b"k", value=b"v", lease=5)],
+            failure=[RangeRequest(key=b"k")],
+        )
+    )
+    assert isinstance(response, TxnResponse) and not response.succeeded
+    taken = apply(TxnRequest(success=[PutRequest(key=b"k", value=b"v", lease=5)]))
+    assert isinstance(taken, Error) and taken.code is ErrorCode.LEASE_NOT_FOUND
+    assert state.store.get(b"k") is None
