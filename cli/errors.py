@@ -118,10 +118,19 @@ class KvctlGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # ExceptionGroup included
+            if _is_broken_pipe(exc):
+                # The reader went away (``kvctl watch ... | head``): main() handles it.
+                raise BrokenPipeError from None
             message = describe(exc)
             if message is None or debug_enabled():
                 raise
             raise CliError(message) from None
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_broken_pipe(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -8,6 +8,7 @@ import click
 
 from cli.context import Settings, pass_settings, to_bytes
 from cli.errors import CliError
+from cli.lease_command import lease_id_callback
 from cli.output import GetStyle, print_compaction, print_response
 from cli.txn_parser import SORT_TARGETS, TxnParseError, range_args, read_txn, sort_options
 from kvstore.client import Client
@@ -21,6 +22,13 @@ _range_end_help = "End of the range [KEY, RANGE_END) (exclusive)."
 @click.option("--prev-kv", is_flag=True, help="Also print the key's previous key-value pair.")
 @click.option("--ignore-value", is_flag=True, help="Keep the key's current value.")
 @click.option("--ignore-lease", is_flag=True, help="Keep the key's current lease.")
+@click.option(
+    "--lease",
+    "lease_id",
+    default="0",
+    callback=lease_id_callback,
+    help="Attach the key to this lease (hex id, as 'lease grant' prints it; 0 = none).",
+)
 @pass_settings
 def put(
     settings: Settings,
@@ -29,12 +37,16 @@ def put(
     prev_kv: bool,
     ignore_value: bool,
     ignore_lease: bool,
+    lease_id: int,
 ) -> None:
     """Put KEY with VALUE (read from stdin when VALUE is left out).
 
     Prints OK.  A value that starts with '-' needs '--' first:
-    kvctl put -- KEY -VALUE.
+    kvctl put -- KEY -VALUE.  With --lease, the key is deleted when the
+    lease expires or is revoked.
     """
+    if lease_id and ignore_lease:
+        raise click.UsageError("--lease and --ignore-lease exclude each other")
     if value is not None:
         data = to_bytes(value)
     elif ignore_value:
@@ -48,6 +60,7 @@ def put(
         response = await client.put(
             to_bytes(key),
             data,
+            lease=lease_id,
             prev_kv=prev_kv,
             ignore_value=ignore_value,
             ignore_lease=ignore_lease,

@@ -12,7 +12,18 @@ from __future__ import annotations
 
 import click
 
-from cli import bench, cluster_command, endpoint, kv_commands, server_command
+from cli import (
+    bench,
+    cluster_command,
+    elect_command,
+    endpoint,
+    kv_commands,
+    lease_command,
+    lock_command,
+    server_command,
+    service_command,
+    watch_command,
+)
 from cli.context import DEFAULT_ENDPOINT, OUTPUT_FORMATS, Settings, parse_endpoints
 from cli.errors import KvctlGroup
 
@@ -65,7 +76,18 @@ def cli(
     )
 
 
-for _module in (kv_commands, endpoint, server_command, cluster_command, bench):
+for _module in (
+    kv_commands,
+    watch_command,
+    lease_command,
+    lock_command,
+    elect_command,
+    service_command,
+    endpoint,
+    server_command,
+    cluster_command,
+    bench,
+):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import click
 
 from cli.context import to_bytes
+from cli.lease_command import lease_id_callback
 from kvstore import api
 from kvstore.api import CompareResult, CompareTarget, SortOrder, SortTarget
 from kvstore.txn import Op
@@ -245,12 +246,14 @@ def range_args(
 @click.option("--prev-kv", is_flag=True)
 @click.option("--ignore-value", is_flag=True)
 @click.option("--ignore-lease", is_flag=True)
+@click.option("--lease", "lease_id", default="0", callback=lease_id_callback)
 def _put_op(
-    key: str, value: str, prev_kv: bool, ignore_value: bool, ignore_lease: bool
+    key: str, value: str, prev_kv: bool, ignore_value: bool, ignore_lease: bool, lease_id: int
 ) -> api.RequestOp:
     return Op.put(
         to_bytes(key),
         to_bytes(value),
+        lease=lease_id,
         prev_kv=prev_kv,
         ignore_value=ignore_value,
         ignore_lease=ignore_lease,
