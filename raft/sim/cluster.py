@@ -19,6 +19,13 @@ Pieces:
   a readable trace (``t=12 n2 tick``, ``t=13 deliver #45 AppendEntries 1->3
   ...``), records events for the checkers, and runs the
   :class:`~raft.sim.checkers.SafetyChecker` after every step.
+* Disk faults: :class:`DuringPersist` cuts the power part way through the
+  persist step of a Ready; :meth:`Cluster.compact` and :meth:`Cluster.restart`
+  can cut it part way through a snapshot save or a recovery;
+  :meth:`Cluster.corrupt` flips a bit in a down node's files.  A node whose
+  disk refuses to start (:class:`~raft.sim.disk.DiskRefused`) stays down for
+  good: it is recorded in :attr:`Cluster.disk_failures` and the trace, and the
+  liveness phase only asks progress of the healthy nodes.
 * :meth:`Cluster.check_liveness` (with :meth:`Cluster.heal_all` and the
   ``await_*`` helpers) is the liveness phase; :mod:`raft.sim.chaos` has seeded
   random fault schedules.
@@ -49,7 +56,7 @@ from raft.sim.checkers import (
     SafetyChecker,
     SnapshotRestored,
 )
-from raft.sim.disk import Disk, MemoryDisk
+from raft.sim.disk import CorruptibleDisk, Disk, DiskRefused, MemoryDisk
 from raft.sim.network import Envelope, Network, format_bytes
 from raft.storage import Storage
 
@@ -92,6 +99,20 @@ class CrashPoint(enum.IntEnum):
     """...and persisted_messages went out; nothing was applied, advance never ran."""
 
 
+@dataclasses.dataclass(frozen=True)
+class DuringPersist:
+    """A crash point *inside* the persist step, between ``AFTER_SEND`` and
+    ``AFTER_PERSIST``: Ready.messages went out, then the power failed after
+    ``ops`` disk operations of the persist (see
+    :meth:`~raft.sim.disk.Disk.persist_interrupted`), so none of
+    persisted_messages left.  Usable wherever a :class:`CrashPoint` is."""
+
+    ops: int
+
+
+Stop = CrashPoint | DuringPersist
+
+
 class SimNode:
     """One member: a disk that survives crashes and a core that does not."""
 
@@ -107,6 +128,8 @@ class SimNode:
         self.state: list[Entry] = []
         """The simulated state machine: every entry applied (or restored), in order."""
         self.read_results: dict[bytes, int] = {}
+        self.disk_failure: str | None = None
+        """Why the disk refused to start (the node then stays down for good)."""
 
     def restore(self, entries: list[Entry]) -> None:
         """Replace the state machine with an image (from a snapshot)."""
@@ -189,6 +212,10 @@ class Cluster:
         """Highest commit index any node has reached so far (for ReadIndex checks)."""
         self.reads_answered = 0
         self.snapshots_installed = 0
+        self.disk_failures: dict[int, str] = {}
+        """Nodes whose disk refused to start, and why."""
+        self.corrupted: set[int] = set()
+        """Nodes whose disk had a bit flipped (:meth:`corrupt`)."""
         self.nodes = {i: SimNode(i, disk_factory(self.conf)) for i in self.ids}
         self._checked_at = -1
         for node in self.nodes.values():
@@ -245,13 +272,25 @@ class Cluster:
 
     # -- node lifecycle -------------------------------------------------------------------
 
-    def _start(self, node: SimNode) -> None:
-        node.incarnation += 1
-        config = dataclasses.replace(self.base_config, id=node.id, applied=0)
+    def _start(self, node: SimNode) -> bool:
+        """Start a core on the node's disk; False (the node stays down for good)
+        if the disk refuses."""
+        if node.disk_failure is not None:
+            self._log(f"  (n{node.id}'s disk refused to start before: it stays down)")
+            return False
         rng = random.Random(self.rng.getrandbits(64))
-        node.core = self.core_factory(config, node.disk.storage, rng)
-        # The state machine is volatile: rebuild it from the latest snapshot.
-        snapshot = node.disk.storage.snapshot()
+        try:
+            storage = node.disk.storage
+            # The state machine is volatile: rebuild it from the latest snapshot.
+            snapshot = storage.snapshot()
+        except DiskRefused as exc:
+            self._disk_failed(node, str(exc))
+            return False
+        node.incarnation += 1
+        # The state machine starts at the snapshot, which may be ahead of the
+        # start of the log (a snapshot saved, the log not compacted yet).
+        config = dataclasses.replace(self.base_config, id=node.id, applied=snapshot.meta.index)
+        node.core = self.core_factory(config, storage, rng)
         node.restore(decode_image(snapshot.data))
         node.read_results = {}
         node.lazy = False
@@ -260,8 +299,18 @@ class Cluster:
             self.events.append(
                 SnapshotRestored(node.id, node.incarnation, snapshot.meta, tuple(node.state))
             )
+        return True
 
-    def _drain(self, node: SimNode, stop: CrashPoint | None = None) -> None:
+    def _disk_failed(self, node: SimNode, reason: str) -> None:
+        node.disk_failure = reason
+        self.disk_failures[node.id] = reason
+        self._log(f"  n{node.id}'s disk REFUSES to start, the node stays down: {reason}")
+
+    def healthy(self) -> list[int]:
+        """Nodes whose disk has not refused to start (all of them, without disk faults)."""
+        return [i for i, node in self.nodes.items() if node.disk_failure is None]
+
+    def _drain(self, node: SimNode, stop: Stop | None = None) -> None:
         """Run the Ready loop of ``node`` until it has nothing left to do.
 
         With ``stop``, process only one Ready and crash at that point of it.
@@ -292,6 +341,10 @@ class Cluster:
                     hs = rd.hard_state
                     what.append(f"term={hs.term} vote={hs.vote} commit={hs.commit}")
                 self._log(f"n{node.id} persists {', '.join(what)}")
+            if isinstance(stop, DuringPersist):
+                how = node.disk.persist_interrupted(rd, stop.ops)
+                self._crash_now(node, f"power cut after {stop.ops} disk operations: {how}")
+                return
             node.disk.persist(rd)
             if stop is CrashPoint.AFTER_PERSIST:
                 self._crash_now(node, "after persisting, before sending persisted messages")
@@ -342,8 +395,10 @@ class Cluster:
         the disk keeps what it made durable."""
         node.core = None
         node.lazy = False
-        node.disk.crash()
+        lost = node.disk.crash()
         self._log(f"crash n{node.id} ({how})")
+        if lost:
+            self._log(f"  n{node.id}'s disk after the crash: {lost}")
 
     def _node(self, node_id: int) -> SimNode | None:
         node = self.nodes[node_id]
@@ -376,21 +431,21 @@ class Cluster:
                     self._after_input(node)
             self._step_done()
 
-    def deliver(self, position: int, crash_at: CrashPoint | None = None) -> bool:
+    def deliver(self, position: int, crash_at: Stop | None = None) -> bool:
         """Deliver the message at ``position`` in flight; False if it was lost.
 
         With ``crash_at``, the recipient crashes while handling it: at that
         point of processing the Ready the message produced.
         """
         envelope = self.network.in_flight[position]
-        suffix = f" (recipient crashes {crash_at.name})" if crash_at is not None else ""
+        suffix = f" (recipient crashes {_stop_name(crash_at)})" if crash_at is not None else ""
         self._begin(f"deliver {envelope}{suffix}")
         taken = self.network.take(position)
         delivered = taken is not None and self._deliver(taken, crash_at)
         self._step_done()
         return delivered
 
-    def _deliver(self, envelope: Envelope, crash_at: CrashPoint | None = None) -> bool:
+    def _deliver(self, envelope: Envelope, crash_at: Stop | None = None) -> bool:
         node = self.nodes[envelope.to]
         if node.core is None:
             self._log(f"  (n{envelope.to} is down: lost)")
@@ -464,10 +519,16 @@ class Cluster:
             self._after_input(node)
         self._step_done()
 
-    def compact(self, node_id: int, keep: int = 0) -> None:
+    def compact(self, node_id: int, keep: int = 0, power_cut_after: int | None = None) -> None:
         """``node_id`` snapshots its state machine and discards its log up to
-        ``applied - keep`` (as an application does between Readies)."""
-        self._begin(f"n{node_id} compact (keep {keep})")
+        ``applied - keep`` (as an application does between Readies).
+
+        With ``power_cut_after``, the power fails after that many disk
+        operations of the snapshot save and the node crashes."""
+        cut = f", power fails after {power_cut_after} disk operations" if power_cut_after else ""
+        if power_cut_after == 0:
+            cut = ", power fails at once"
+        self._begin(f"n{node_id} compact (keep {keep}{cut})")
         node = self._node(node_id)
         if node is not None and node.core is not None:
             storage = node.disk.storage
@@ -475,10 +536,17 @@ class Cluster:
             if index >= storage.first_index():
                 meta = SnapshotMeta(index=index, term=storage.term(index), conf=self.conf)
                 image = [e for e in node.state if e.index <= index]
-                node.disk.save_snapshot(Snapshot(meta, encode_image(image)))
-                self._log(f"  snapshot {index}@{meta.term}, log now starts at {index + 1}")
+                snapshot = Snapshot(meta, encode_image(image))
+                if power_cut_after is None:
+                    node.disk.save_snapshot(snapshot)
+                    self._log(f"  snapshot {index}@{meta.term}, log now starts at {index + 1}")
+                else:
+                    how = node.disk.save_snapshot_interrupted(snapshot, power_cut_after)
+                    self._crash_now(node, f"power cut saving snapshot {index}@{meta.term}: {how}")
             else:
                 self._log("  nothing to compact")
+                if power_cut_after is not None:
+                    self._crash_now(node, "power cut")
         self._step_done()
 
     # -- Ready processing, crashes, restarts --------------------------------------------------
@@ -501,15 +569,15 @@ class Cluster:
             self._drain(node)
         self._step_done()
 
-    def crash(self, node_id: int, at: CrashPoint = CrashPoint.BEFORE_READY) -> None:
+    def crash(self, node_id: int, at: Stop = CrashPoint.BEFORE_READY) -> None:
         """Crash ``node_id``; with a pending Ready, at point ``at`` of processing it."""
-        self._begin(f"crash n{node_id} at {at.name}")
+        self._begin(f"crash n{node_id} at {_stop_name(at)}")
         node = self._node(node_id)
         if node is not None:
             self._crash_during_ready(node, at)
         self._step_done()
 
-    def _crash_during_ready(self, node: SimNode, at: CrashPoint) -> None:
+    def _crash_during_ready(self, node: SimNode, at: Stop) -> None:
         core = node.core
         if core is None:
             return
@@ -518,13 +586,24 @@ class Cluster:
         if node.core is not None:
             self._crash_now(node, "losing all unpersisted state")
 
-    def restart(self, node_id: int) -> None:
-        self._begin(f"restart n{node_id}")
+    def restart(self, node_id: int, power_cut_after: int | None = None) -> None:
+        """Restart a crashed node.  With ``power_cut_after``, the power fails
+        after that many disk operations of its recovery and it stays down."""
+        cut = f" (power fails after {power_cut_after} disk operations)"
+        self._begin(f"restart n{node_id}" + (cut if power_cut_after is not None else ""))
         node = self.nodes[node_id]
         if node.core is not None:
             self._log(f"  (n{node_id} is up: ignored)")
-        else:
-            self._start(node)
+        elif node.disk_failure is not None:
+            self._log(f"  (n{node_id}'s disk refused to start before: it stays down)")
+        elif power_cut_after is not None:
+            try:
+                how = node.disk.recover_interrupted(power_cut_after)
+            except DiskRefused as exc:
+                self._disk_failed(node, str(exc))
+            else:
+                self._log(f"  power cut during recovery of n{node_id}: {how}")
+        elif self._start(node):
             hs = node.disk.durable_hard_state()
             self._log(
                 f"  n{node_id} incarnation {node.incarnation} from disk: term={hs.term} "
@@ -532,6 +611,21 @@ class Cluster:
                 f"{node.disk.storage.last_index()}"
             )
             self._drain(node)
+        self._step_done()
+
+    def corrupt(self, node_id: int) -> None:
+        """Flip one bit in a file of ``node_id``'s disk (crashing it first if it
+        is up): its next start must refuse.  The disk must be a
+        :class:`~raft.sim.disk.CorruptibleDisk`."""
+        self._begin(f"corrupt n{node_id}'s disk")
+        node = self.nodes[node_id]
+        disk = node.disk
+        if not isinstance(disk, CorruptibleDisk):
+            raise TypeError(f"{type(disk).__name__} cannot be corrupted")
+        if node.core is not None:
+            self._crash_now(node, "before its disk rots")
+        self._log(f"  n{node_id}: {disk.flip_bit()}")
+        self.corrupted.add(node_id)
         self._step_done()
 
     # -- network faults ------------------------------------------------------------------------
@@ -634,7 +728,8 @@ class Cluster:
         self.network.heal()
         for node in self.nodes.values():
             if node.core is None:
-                self._start(node)
+                if not self._start(node):
+                    continue
                 self._log(f"restart n{node.id} (incarnation {node.incarnation})")
             node.lazy = False
             self._drain(node)
@@ -671,31 +766,36 @@ class Cluster:
         return 10 * 2 * self.base_config.election_tick
 
     def await_applied(self, data: Iterable[bytes], max_ticks: int | None = None) -> None:
-        """Wait until every node has applied every value in ``data``."""
+        """Wait until every healthy node has applied every value in ``data``."""
         wanted = list(data)
         limit = max_ticks if max_ticks is not None else self.election_bound()
+        healthy = [self.nodes[i] for i in self.healthy()]
 
         def done() -> bool:
             return all(
                 node.core is not None and all(d in node.applied_data for d in wanted)
-                for node in self.nodes.values()
+                for node in healthy
             )
 
         self.run_until(done, limit, f"applying {len(wanted)} proposals on every node")
 
     def check_liveness(self, proposals: int = 3, tag: str = "live", reads: bool = True) -> None:
         """The liveness phase: heal, elect, then every new proposal is applied
-        everywhere and (with ``reads``) a ReadIndex request on every node is answered."""
+        everywhere and (with ``reads``) a ReadIndex request on every node is answered.
+
+        Nodes whose disk refused to start are left out: with a majority of
+        healthy voters, progress is still required of all the others."""
         self.heal_all()
+        healthy = self.healthy()
         leader = self.await_leader()
         values = [f"{tag}-{k}".encode() for k in range(proposals)]
         for k, value in enumerate(values):
             # Alternate between the leader and a follower (which forwards).
-            target = leader if k % 2 == 0 else self.ids[(leader + k) % len(self.ids)]
+            target = leader if k % 2 == 0 else healthy[(leader + k) % len(healthy)]
             self.propose(target, value)
         self.await_applied(values)
         if reads:
-            contexts = {i: f"{tag}-read-{i}".encode() for i in self.ids}
+            contexts = {i: f"{tag}-read-{i}".encode() for i in healthy}
             for i, context in contexts.items():
                 self.read_index(i, context)
 
@@ -704,3 +804,9 @@ class Cluster:
 
             self.run_until(answered, self.election_bound(), "answering a read on every node")
         self.check()
+
+
+def _stop_name(stop: Stop) -> str:
+    if isinstance(stop, DuringPersist):
+        return f"DURING_PERSIST(after {stop.ops} disk operations)"
+    return stop.name
