@@ -203,6 +203,8 @@ class Member:
         assert node is not None
         while True:
             self._release_writes_of_old_terms()
+            if node.leader == 0:
+                self.watches.wake_all()  # watch streams start timing the outage
             is_leader = node.role is Role.LEADER
             if is_leader and not self.lessor.primary:
                 # Apply everything committed before this term first, so the

@@ -107,6 +107,11 @@ class WatchHub:
             watcher.cancellation = Cancellation(reason)
             watcher.notify()
 
+    def wake_all(self) -> None:
+        """Have every watch look again (for instance because the member lost its leader)."""
+        for watcher in self._watchers.values():
+            watcher.notify()
+
     def remove(self, watch_id: int) -> None:
         self._watchers.pop(watch_id, None)
 

@@ -101,10 +101,11 @@ class WatchStream:
                     self.cancel("the member has no leader")
                     continue
             self._changed = trio.Event()
-            wait = min(
-                self._progress_interval if self._watcher.request.progress_notify else math.inf,
-                self._leaderless_limit / 4,
-            )
+            wait = self._progress_interval if self._watcher.request.progress_notify else math.inf
+            if leaderless_since is not None:
+                # The member wakes every watch when it loses its leader; from
+                # then on, look again until the limit is reached.
+                wait = min(wait, self._leaderless_limit / 4)
             with trio.move_on_after(wait) as scope:
                 await self._changed.wait()
             if scope.cancelled_caught and self._watcher.request.progress_notify:

@@ -209,3 +209,20 @@ def test_watch_from_a_compacted_revision_is_cancelled_with_the_compact_revision(
             assert response.canceled and response.compact_revision == revision
 
     trio.run(main)
+
+
+def test_a_member_that_loses_its_leader_cancels_its_watches() -> None:
+    """A watch on a member cut off from the leader would stall silently
+    (etcd#8673); instead the member cancels it so the client resumes elsewhere."""
+
+    async def main() -> None:
+        async with in_process_cluster() as cluster:
+            watch = await RawWatch.open(cluster.clients["n1"], api.WatchCreateRequest(key=b"x"))
+            await cluster.kill("n2")
+            await cluster.kill("n3")
+            with trio.fail_after(10 * election_timeout(cluster) + SLACK):
+                response = await watch.next()
+            assert response.canceled and "no leader" in response.cancel_reason
+            assert response.compact_revision == 0
+
+    trio.run(main)
