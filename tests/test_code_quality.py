@@ -22,7 +22,7 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("package", ["raft", "kvstore", "cli"])
+@pytest.mark.parametrize("package", ["raft", "kvstore", "cli", "jepsen_like"])
 def test_mypy_is_clean(package: str) -> None:
     result = _run("mypy", package)
     assert result.returncode == 0, result.stdout + result.stderr
