@@ -76,25 +76,13 @@ def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     return entries
 
 
-class MemoryStorage:
-    """A :class:`Storage` kept in memory: for tests and the simulator.
+class SentinelLog:
+    """Index arithmetic over an in-memory log whose first element is a
+    sentinel standing for the last compacted entry (index 0 if none), so that
+    entry's term stays known.  Shared by :class:`MemoryStorage` and the WAL's
+    in-memory view of its log."""
 
-    What the caller has written here is, by definition, "durable": a simulated
-    crash keeps a node's ``MemoryStorage`` and throws everything else away.
-    """
-
-    def __init__(self, conf: ConfState | None = None) -> None:
-        self.hard_state = HardState()
-        self.conf = conf or ConfState()
-        self._snapshot = SnapshotMeta(conf=self.conf)
-        self._snapshot_data = b""
-        # _entries[0] is a sentinel standing for the snapshot's last entry.
-        self._entries: list[Entry] = [Entry(term=0, index=0)]
-
-    # -- Storage protocol --------------------------------------------------------
-
-    def initial_state(self) -> tuple[HardState, ConfState]:
-        return self.hard_state, self.conf
+    _entries: list[Entry]
 
     def first_index(self) -> int:
         return self._entries[0].index + 1
@@ -117,6 +105,27 @@ class MemoryStorage:
         if hi > self.last_index() + 1:
             raise UnavailableError(hi)
         return limit_size(self._entries[lo - offset : hi - offset], max_bytes)
+
+
+class MemoryStorage(SentinelLog):
+    """A :class:`Storage` kept in memory: for tests and the simulator.
+
+    What the caller has written here is, by definition, "durable": a simulated
+    crash keeps a node's ``MemoryStorage`` and throws everything else away.
+    """
+
+    def __init__(self, conf: ConfState | None = None) -> None:
+        self.hard_state = HardState()
+        self.conf = conf or ConfState()
+        self._snapshot = SnapshotMeta(conf=self.conf)
+        self._snapshot_data = b""
+        # _entries[0] is a sentinel standing for the snapshot's last entry.
+        self._entries: list[Entry] = [Entry(term=0, index=0)]
+
+    # -- Storage protocol --------------------------------------------------------
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self.hard_state, self.conf
 
     def snapshot_meta(self) -> SnapshotMeta:
         return self._snapshot

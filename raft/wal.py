@@ -95,7 +95,7 @@ from typing import Final
 import msgspec
 
 from raft.messages import ConfState, Entry, HardState, SnapshotMeta
-from raft.storage import CompactedError, UnavailableError, limit_size
+from raft.storage import SentinelLog, UnavailableError
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
@@ -238,7 +238,7 @@ _decoder = msgspec.msgpack.Decoder(Record)
 # --- The replayed state ---------------------------------------------------------------
 
 
-class LogState:
+class LogState(SentinelLog):
     """What the WAL holds, in memory: the Raft log, the hard state, the latest snapshot.
 
     The log follows :class:`~raft.storage.MemoryStorage`'s model: a sentinel entry
@@ -262,30 +262,8 @@ class LogState:
         """Membership as of the latest snapshot (or as bootstrapped)."""
         return self.snapshot.conf
 
-    def first_index(self) -> int:
-        return self._entries[0].index + 1
-
-    def last_index(self) -> int:
-        return self._entries[-1].index
-
     def last_term(self) -> int:
         return self._entries[-1].term
-
-    def term(self, index: int) -> int:
-        offset = self._entries[0].index
-        if index < offset:
-            raise CompactedError(index)
-        if index > self.last_index():
-            raise UnavailableError(index)
-        return self._entries[index - offset].term
-
-    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        offset = self._entries[0].index
-        if lo <= offset:
-            raise CompactedError(lo)
-        if hi > self.last_index() + 1:
-            raise UnavailableError(hi)
-        return limit_size(self._entries[lo - offset : hi - offset], max_bytes)
 
     # -- Changes ---------------------------------------------------------------------
 
