@@ -22,6 +22,7 @@ from cli import (
     lock_command,
     server_command,
     service_command,
+    snapshot_command,
     watch_command,
 )
 from cli.context import DEFAULT_ENDPOINT, OUTPUT_FORMATS, Settings, parse_endpoints
@@ -84,6 +85,7 @@ for _module in (
     elect_command,
     service_command,
     endpoint,
+    snapshot_command,
     server_command,
     cluster_command,
     bench,

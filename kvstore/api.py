@@ -32,6 +32,10 @@ MAX_TXN_OPS = 128
 """Most operations in one side of a txn (etcd ``--max-txn-ops``)."""
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 """Hard cap on any frame on a client connection, checked before the body is read."""
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+"""Payload bytes per message of a snapshot stream, unless the request asks for fewer."""
+MAX_SNAPSHOT_CHUNK_BYTES = 2 * 1024 * 1024
+"""Most payload bytes one snapshot message may carry (well under ``MAX_FRAME_BYTES``)."""
 
 
 # -- Data model -----------------------------------------------------------------------
@@ -223,6 +227,23 @@ class WatchProgressRequest(_Message, tag="watch_progress"):
     """Ask every watch on this connection for a progress notification now."""
 
 
+class SnapshotRequest(_Message, tag="snapshot"):
+    """A consistent copy of the member's whole KV state, for a backup.
+
+    The answer is a *stream* of :class:`SnapshotResponse` frames carrying the
+    request's ``request_id``: the first has ``info``, then come the payload's
+    bytes in ``blob`` chunks of at most ``chunk_bytes`` (0: the member's
+    default, :data:`SNAPSHOT_CHUNK_BYTES`; never above
+    :data:`MAX_SNAPSHOT_CHUNK_BYTES`), and the last has ``sha256``, the
+    SHA-256 of the whole payload.  An :class:`Error` frame instead ends the
+    stream early.  The copy reflects every write acknowledged before the
+    request (a ReadIndex round first) unless ``serializable``.
+    """
+
+    chunk_bytes: int = 0
+    serializable: bool = False
+
+
 RequestOp = RangeRequest | PutRequest | DeleteRangeRequest | TxnRequest
 """What a txn may contain."""
 
@@ -241,6 +262,7 @@ Request = (
     | WatchCreateRequest
     | WatchCancelRequest
     | WatchProgressRequest
+    | SnapshotRequest
 )
 """Every request a client may send."""
 
@@ -356,6 +378,37 @@ class WatchResponse(_Message, tag="watch"):
     events: list[Event] = msgspec.field(default_factory=list)
 
 
+class SnapshotInfo(msgspec.Struct, array_like=True, frozen=True):
+    """What a snapshot stream carries: the state it copies and the payload's size.
+
+    ``raft_index`` is the last log entry applied to the copied state (and
+    ``raft_term`` its term); ``format`` the version of the payload's encoding
+    (the state machine's snapshot format).
+    """
+
+    raft_index: int
+    raft_term: int
+    revision: int
+    compact_revision: int
+    keys: int
+    size: int
+    format: int
+
+
+class SnapshotResponse(_Message, tag="snapshot"):
+    """One message of a snapshot stream (see :class:`SnapshotRequest`).
+
+    ``remaining_bytes`` is how much of the payload is still to come after
+    this message's ``blob``; the last message has none left and ``sha256``.
+    """
+
+    header: ResponseHeader
+    info: SnapshotInfo | None = None
+    blob: bytes = b""
+    remaining_bytes: int = 0
+    sha256: bytes = b""
+
+
 ResponseOp = RangeResponse | PutResponse | DeleteRangeResponse | TxnResponse
 
 Response = (
@@ -371,6 +424,7 @@ Response = (
     | LeaseTimeToLiveResponse
     | LeaseLeasesResponse
     | WatchResponse
+    | SnapshotResponse
 )
 
 

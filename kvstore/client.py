@@ -64,7 +64,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Itera
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Concatenate, ParamSpec, TypeVar
 
 import msgspec
 import trio
@@ -93,6 +93,7 @@ from kvstore.api import (
     RangeResponse,
     Request,
     Response,
+    SnapshotRequest,
     SortOrder,
     SortTarget,
     StatusRequest,
@@ -106,6 +107,9 @@ from kvstore.api import (
 )
 from kvstore.txn import Compare, Data, Op, key_range
 from raft.framing import FrameError, FrameReader, encode_frame
+
+if TYPE_CHECKING:
+    from kvstore.snapshot_client import SnapshotDownload
 
 __all__ = [
     "Client",
@@ -274,7 +278,8 @@ def _is_read(request: Request) -> bool:
         | StatusRequest
         | LeaseKeepAliveRequest
         | LeaseTimeToLiveRequest
-        | LeaseLeasesRequest,
+        | LeaseLeasesRequest
+        | SnapshotRequest,
     ):
         return True
     if isinstance(request, TxnRequest):
@@ -547,6 +552,11 @@ class Client:
         return self._request_timeout
 
     @property
+    def connect_timeout(self) -> float:
+        """The bound on each connection attempt, in seconds."""
+        return self._connect_timeout
+
+    @property
     def endpoint(self) -> str | None:
         """The member the client is connected to now, if any."""
         conn = self._conn
@@ -781,6 +791,41 @@ class Client:
             progress_notify=progress_notify,
         )
         return Watch(self, request, max_buffered)
+
+    # -- Snapshots ----------------------------------------------------------------------
+
+    def snapshot(
+        self, endpoint: str | None = None, *, serializable: bool = False, chunk_bytes: int = 0
+    ) -> SnapshotDownload:
+        """A consistent copy of a member's whole KV state, streamed in chunks
+        and verified against its SHA-256 (see :class:`~kvstore.snapshot_client.SnapshotDownload`):
+        ``async with client.snapshot() as download: async for chunk in download: ...``.
+
+        ``endpoint`` picks the member (default: any, with fail-over).  The copy
+        holds every write acknowledged before the call unless ``serializable``.
+        """
+        from kvstore.snapshot_client import SnapshotDownload  # it builds on this module
+
+        request = SnapshotRequest(chunk_bytes=chunk_bytes, serializable=serializable)
+        return SnapshotDownload(self, request, endpoint)
+
+    async def save_snapshot(
+        self,
+        file: BinaryIO,
+        endpoint: str | None = None,
+        *,
+        serializable: bool = False,
+        chunk_bytes: int = 0,
+    ) -> SnapshotDownload:
+        """Write a snapshot's payload (the state machine's snapshot bytes) to
+        ``file`` and return the finished download (``info``, ``header``,
+        verified ``sha256``).  On any failure ``file`` holds a partial payload:
+        the caller discards it.  For a backup file use :func:`kvstore.backup.save_backup`."""
+        from kvstore.snapshot_client import save_snapshot  # it builds on this module
+
+        return await save_snapshot(
+            self, file, endpoint, serializable=serializable, chunk_bytes=chunk_bytes
+        )
 
     # -- Requests, retries and fail-over ------------------------------------------------
 
@@ -1383,6 +1428,7 @@ class SyncClient:
     lease_keep_alive_once = _blocking(Client.lease_keep_alive_once)
     lease_time_to_live = _blocking(Client.lease_time_to_live)
     lease_leases = _blocking(Client.lease_leases)
+    save_snapshot = _blocking(Client.save_snapshot)
 
     def watch(
         self,

@@ -11,6 +11,8 @@ malformed or unknown request gets a definite error and the connection goes on.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -35,6 +37,10 @@ class RequestHandler(Protocol):
     async def handle(self, request: Request) -> Response | Error: ...
 
     def open_watch(self, request: api.WatchCreateRequest) -> WatchStream | Error: ...
+
+    def snapshot(
+        self, request: api.SnapshotRequest
+    ) -> AsyncGenerator[api.SnapshotResponse | Error, None]: ...
 
 
 class _Envelope(msgspec.Struct, array_like=True):
@@ -157,6 +163,9 @@ class _Connection:
                     stream.request_progress()
                 ack = api.WatchResponse(header=api.ResponseHeader(), watch_id=0)
                 await self._send(envelope.request_id, ack)
+            elif isinstance(request, api.SnapshotRequest):
+                await self._slots.acquire()
+                nursery.start_soon(self._stream_snapshot, envelope.request_id, request)
             else:
                 await self._slots.acquire()
                 nursery.start_soon(self._answer, envelope.request_id, request)
@@ -202,6 +211,25 @@ class _Connection:
                 log.exception("client %s: request %d failed", self._peer, request_id)
                 response = Error(code=ErrorCode.INTERNAL, message="internal error", definite=False)
             await self._send(request_id, response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._slots.release()
+
+    async def _stream_snapshot(self, request_id: int, request: api.SnapshotRequest) -> None:
+        """Send every message of the snapshot stream, each once the previous
+        one is written (a slow client slows the stream, memory stays bounded)."""
+        try:
+            try:
+                async with aclosing(self._handler.snapshot(request)) as messages:
+                    async for message in messages:
+                        await self._send(request_id, message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                raise
+            except Exception:
+                log.exception("client %s: snapshot %d failed", self._peer, request_id)
+                error = Error(code=ErrorCode.INTERNAL, message="snapshot failed", definite=True)
+                await self._send(request_id, error)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:

@@ -19,6 +19,7 @@ import itertools
 import logging
 import random
 import secrets
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import msgspec
@@ -31,6 +32,7 @@ from kvstore.compactor import PeriodicCompactor, RevisionCompactor
 from kvstore.config import MemberConfig, format_address
 from kvstore.lease import Lessor, minimum_ttl
 from kvstore.listener import serve_clients
+from kvstore.snapshot_stream import chunk_bytes_for, snapshot_messages
 from kvstore.state_machine import KVStateMachine
 from kvstore.validation import validate_request
 from kvstore.watch import WatchHub
@@ -86,12 +88,7 @@ class Member:
     # -- Life cycle ---------------------------------------------------------------------
 
     def _open_storage(self) -> DiskStorage | MemoryStorage:
-        conf = ConfState(voters=tuple(sorted(self.config.peer_ids)))
-        if self.config.data_dir is None:
-            return MemoryStorage(conf)
-        raft_dir = Path(self.config.data_dir) / "raft"
-        raft_dir.parent.mkdir(parents=True, exist_ok=True)
-        return DiskStorage(raft_dir, conf, keep_entries=self.config.snapshot_catchup_entries)
+        return open_storage(self.config)
 
     async def run(self, *, task_status: trio.TaskStatus[Member] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; ``task_status.started(self)`` once clients can connect."""
@@ -310,6 +307,8 @@ class Member:
             request, (api.WatchCreateRequest, api.WatchCancelRequest, api.WatchProgressRequest)
         ):
             return _error(ErrorCode.INVALID_ARGUMENT, "watch requests are streams", True)
+        if isinstance(request, api.SnapshotRequest):
+            return _error(ErrorCode.INVALID_ARGUMENT, "snapshot requests are streams", True)
         return await self._write(request)
 
     def _not_leader(self) -> Error | None:
@@ -379,6 +378,29 @@ class Member:
             progress_interval=self.config.watch_progress_interval,
             leaderless_limit=2 * self.config.election_timeout,
         )
+
+    async def snapshot(
+        self, request: api.SnapshotRequest
+    ) -> AsyncGenerator[api.SnapshotResponse | Error, None]:
+        """The stream answering ``request`` (see :class:`~kvstore.api.SnapshotRequest`):
+        a copy of the state taken once every write acknowledged before the
+        request is applied (unless ``serializable``), or one definite error."""
+        if self.stopping or self.node is None:
+            yield _error(ErrorCode.STOPPED, "member is not serving", definite=True)
+            return
+        chunk_bytes = chunk_bytes_for(request)
+        if isinstance(chunk_bytes, Error):
+            yield chunk_bytes
+            return
+        if not request.serializable:
+            error = await self._linearize()
+            if error is not None:
+                yield error
+                return
+        copy = self.state.capture()
+        raft_term = self.node.core.log.term_or_zero(copy.status.applied_index)
+        async for message in snapshot_messages(copy, raft_term, self._header, chunk_bytes):
+            yield message
 
     async def _write(self, request: WriteRequest) -> Response | Error:
         node = self.node
@@ -471,4 +493,16 @@ def _error(code: ErrorCode, message: str, definite: bool) -> Error:
     return Error(code=code, message=message, definite=definite)
 
 
-__all__ = ["Member", "MemberConfig"]
+def open_storage(config: MemberConfig) -> DiskStorage | MemoryStorage:
+    """The Raft storage of the member ``config`` describes: in memory without a
+    data directory, else ``DATA_DIR/raft`` on disk, bootstrapped (if new) with
+    the initial cluster's members as voters."""
+    conf = ConfState(voters=tuple(sorted(config.peer_ids)))
+    if config.data_dir is None:
+        return MemoryStorage(conf)
+    raft_dir = Path(config.data_dir) / "raft"
+    raft_dir.parent.mkdir(parents=True, exist_ok=True)
+    return DiskStorage(raft_dir, conf, keep_entries=config.snapshot_catchup_entries)
+
+
+__all__ = ["Member", "MemberConfig", "open_storage"]

@@ -47,7 +47,7 @@ from kvstore.lease import LeaseRecord, LeaseTable
 from kvstore.mvcc import MVCCStore, StoreDump, WriteResult
 from kvstore.validation import validate_request
 
-__all__ = ["ApplyResult", "KVStateMachine", "KVStatus", "SNAPSHOT_FORMAT"]
+__all__ = ["SNAPSHOT_FORMAT", "ApplyResult", "KVStateMachine", "KVStatus", "StateCopy"]
 
 SNAPSHOT_FORMAT = 1
 """Version of the snapshot encoding written by :meth:`KVStateMachine.snapshot`."""
@@ -89,6 +89,29 @@ class _Snapshot(msgspec.Struct, array_like=True):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+class StateCopy:
+    """A point-in-time copy of the whole state (:meth:`KVStateMachine.capture`),
+    not yet encoded.  Its parts are immutable, so :meth:`encode` may run in
+    another thread while the state machine goes on applying."""
+
+    __slots__ = ("_body", "status")
+
+    def __init__(self, status: KVStatus, body: _Snapshot) -> None:
+        self.status = status
+        """The state machine's numbers at the moment of the copy."""
+        self._body = body
+
+    @property
+    def versions(self) -> int:
+        """How many key versions the copy holds (what encoding it costs)."""
+        return len(self._body.store.entries)
+
+    def encode(self) -> bytes:
+        """The copy as :meth:`KVStateMachine.snapshot` bytes."""
+        body = _snapshot_encoder.encode(self._body)
+        return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
 
 
 def _any_lease(lease: int) -> bool:
@@ -254,10 +277,13 @@ class KVStateMachine:
     def snapshot(self) -> bytes:
         """The whole state as bytes: a preamble (magic ``KVSM``, format
         version, CRC-32 of the body) and a msgpack body."""
-        body = _snapshot_encoder.encode(
-            _Snapshot(self._applied, self._store.dump(), self._leases.records())
-        )
-        return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
+        return self.capture().encode()
+
+    def capture(self) -> StateCopy:
+        """A consistent copy of the whole state, to encode later (possibly in
+        another thread): the costly part of :meth:`snapshot` left out."""
+        body = _Snapshot(self._applied, self._store.dump(), self._leases.records())
+        return StateCopy(self.status(), body)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a :meth:`snapshot`.
