@@ -1,12 +1,15 @@
 """Serving a snapshot stream: one consistent copy of the KV state, in bounded chunks.
 
 The member takes the copy (:meth:`~kvstore.state_machine.KVStateMachine.capture`)
-on its event loop, between two applies, so it is a point-in-time state; what
-costs most, encoding it, runs in a worker thread when the copy is large, so the
-member keeps serving meanwhile.  The payload (the state machine's snapshot
-bytes, what a Raft snapshot of the same state holds) then goes out as
-:class:`~kvstore.api.SnapshotResponse` messages: ``info`` first, then chunks of
-at most ``chunk_bytes``, then the SHA-256 of the whole payload.  Each message
+on its event loop, between two applies, so it is a point-in-time state (that
+costs about as much as a Raft snapshot's copy of the same state); then it
+encodes the copy a slice of key versions at a time, letting its other tasks
+run between slices, so the member keeps serving meanwhile.
+
+The payload (the state machine's snapshot bytes, what a Raft snapshot of the
+same state holds) then goes out as :class:`~kvstore.api.SnapshotResponse`
+messages: ``info`` first, then chunks of at most ``chunk_bytes``, then the
+SHA-256 of the whole payload.  Each message
 is awaited by the sender before the next is made, so a slow client slows the
 stream down instead of piling frames up in memory.
 """
@@ -22,10 +25,10 @@ from kvstore import api
 from kvstore.api import Error, ErrorCode, ResponseHeader, SnapshotInfo, SnapshotResponse
 from kvstore.state_machine import SNAPSHOT_FORMAT, StateCopy
 
-__all__ = ["THREAD_THRESHOLD_VERSIONS", "chunk_bytes_for", "snapshot_messages"]
+__all__ = ["ENCODE_STEP_VERSIONS", "chunk_bytes_for", "encode", "snapshot_messages"]
 
-THREAD_THRESHOLD_VERSIONS = 2_000
-"""Copies holding at least this many key versions are encoded in a worker thread."""
+ENCODE_STEP_VERSIONS = 4_096
+"""Key versions encoded between two checkpoints (a few milliseconds of work)."""
 
 
 def chunk_bytes_for(request: api.SnapshotRequest) -> int | Error:
@@ -42,6 +45,19 @@ def chunk_bytes_for(request: api.SnapshotRequest) -> int | Error:
     return min(request.chunk_bytes, api.MAX_SNAPSHOT_CHUNK_BYTES)
 
 
+async def encode(copy: StateCopy) -> bytes:
+    """The copy's snapshot bytes, encoded with a checkpoint every
+    :data:`ENCODE_STEP_VERSIONS` key versions."""
+    steps = copy.encode_in_steps(ENCODE_STEP_VERSIONS)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            payload: bytes = done.value
+            return payload
+        await trio.lowlevel.checkpoint()
+
+
 async def snapshot_messages(
     copy: StateCopy,
     raft_term: int,
@@ -53,10 +69,7 @@ async def snapshot_messages(
     ``raft_term`` is the term of the entry at the copy's applied index;
     ``header(revision)`` makes the response header.
     """
-    if copy.versions >= THREAD_THRESHOLD_VERSIONS:
-        payload = await trio.to_thread.run_sync(copy.encode)
-    else:
-        payload = copy.encode()
+    payload = await encode(copy)
     status = copy.status
     response_header = header(status.revision)
     info = SnapshotInfo(

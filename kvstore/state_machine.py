@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Generator
 
 import msgspec
 
@@ -93,8 +94,8 @@ _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 
 class StateCopy:
     """A point-in-time copy of the whole state (:meth:`KVStateMachine.capture`),
-    not yet encoded.  Its parts are immutable, so :meth:`encode` may run in
-    another thread while the state machine goes on applying."""
+    not yet encoded.  Its parts are immutable, so encoding it later gives the
+    state of the moment of the copy, whatever the state machine applied since."""
 
     __slots__ = ("_body", "status")
 
@@ -110,8 +111,39 @@ class StateCopy:
 
     def encode(self) -> bytes:
         """The copy as :meth:`KVStateMachine.snapshot` bytes."""
-        body = _snapshot_encoder.encode(self._body)
-        return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
+        return _with_preamble(_snapshot_encoder.encode(self._body))
+
+    def encode_in_steps(self, versions_per_step: int) -> Generator[None, None, bytes]:
+        """:meth:`encode` a step at a time: a generator that does the work of at
+        most ``versions_per_step`` key versions per step and *returns* the same
+        bytes as :meth:`encode`.  msgspec holds the GIL while it encodes, so a
+        worker thread would stall an event loop just the same; an event loop
+        instead runs one step, lets its other tasks run, and so on."""
+        entries = self._body.store.entries
+        pieces = [_array_header(len(entries))]
+        for start in range(0, len(entries), versions_per_step):
+            part = entries[start : start + versions_per_step]
+            encoded = _snapshot_encoder.encode(part)
+            pieces.append(encoded[len(_array_header(len(part))) :])
+            yield
+        # The entries go in pre-encoded: msgspec writes a Raw value as it is.
+        store = msgspec.structs.replace(self._body.store, entries=msgspec.Raw(b"".join(pieces)))
+        return _with_preamble(
+            _snapshot_encoder.encode(msgspec.structs.replace(self._body, store=store))
+        )
+
+
+def _with_preamble(body: bytes) -> bytes:
+    return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
+
+
+def _array_header(length: int) -> bytes:
+    """The msgpack header of an array of ``length`` items."""
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
 
 
 def _any_lease(lease: int) -> bool:

@@ -26,10 +26,11 @@ from kvstore import api
 from kvstore.api import KeyValue, ServerFrame, SnapshotInfo, SnapshotRequest, SnapshotResponse
 from kvstore.backup import BackupError, CorruptBackupError, load_backup, read_header, save_backup
 from kvstore.client import Client, CompactedError, InvalidRequest, NoLeaderError, Unavailable
+from kvstore.commands import Command, encode_command
 from kvstore.config import Address, cluster_id
 from kvstore.restore import restore_backup
 from kvstore.snapshot_client import SnapshotIntegrityError
-from kvstore.snapshot_stream import chunk_bytes_for
+from kvstore.snapshot_stream import chunk_bytes_for, encode
 from kvstore.state_machine import KVStateMachine
 from kvstore.testing import InProcessCluster, free_port, in_process_cluster
 from raft.framing import FrameReader, encode_frame
@@ -365,8 +366,10 @@ def test_snapshot_without_a_leader() -> None:
                 await cluster.kill(name)
             endpoint = cluster.endpoints[0]
             async with Client([endpoint], request_timeout=1.0) as client:
+                node = cluster.members[survivor].node
+                assert node is not None
                 with trio.fail_after(10):
-                    while cluster.members[survivor].node.leader != 0:  # type: ignore[union-attr]
+                    while node.leader != 0:
                         await trio.sleep(0.02)
                 with pytest.raises((NoLeaderError, Unavailable)):
                     async with client.snapshot():
@@ -376,7 +379,8 @@ def test_snapshot_without_a_leader() -> None:
                     async for chunk in download:
                         received += chunk
                 state = KVStateMachine.from_snapshot(bytes(received))
-                assert state.read(api.RangeRequest(key=b"k")).kvs[0].value == b"v"  # type: ignore[union-attr]
+                read = state.read(api.RangeRequest(key=b"k"))
+                assert isinstance(read, api.RangeResponse) and read.kvs[0].value == b"v"
 
     trio.run(main)
 
@@ -426,8 +430,11 @@ async def fake_member(
         payload = await FrameReader(stream, api.MAX_FRAME_BYTES).read()
         assert payload is not None
         request_id = api.decode_client_frame(payload).request_id
-        for message in messages:
-            await stream.send_all(encode_frame(api.encode(ServerFrame(request_id, message))))
+        try:
+            for message in messages:
+                await stream.send_all(encode_frame(api.encode(ServerFrame(request_id, message))))
+        except trio.BrokenResourceError:
+            pass  # the client saw enough and hung up
         await stream.aclose()
 
     port = free_port()
@@ -480,3 +487,39 @@ def test_save_fails_over_to_a_live_member(tmp_path: Path) -> None:
             assert load_backup(tmp_path / "b.db").header == header
 
     trio.run(main)
+
+
+# -- Encoding a copy a step at a time --------------------------------------------------------
+
+
+def machine_with(puts: int) -> KVStateMachine:
+    machine = KVStateMachine()
+    for n in range(puts):
+        command = Command(1, n, api.PutRequest(key=b"k%d" % (n % 50), value=b"v%d" % n))
+        machine.apply(n + 1, encode_command(command))
+    if puts > 10:
+        command = Command(1, puts, api.CompactionRequest(revision=puts // 2))
+        machine.apply(puts + 1, encode_command(command))
+    return machine
+
+
+@pytest.mark.parametrize("puts", [0, 1, 14, 15, 16, 17, 300, 70_000])
+def test_encoding_in_steps_gives_the_same_bytes(puts: int) -> None:
+    machine = machine_with(puts)
+    copy = machine.capture()
+    expected = machine.snapshot()
+    assert copy.encode() == expected
+    for step in (1, 7, 4096) if puts < 1000 else (4096, 65_536, 100_000):
+        steps = copy.encode_in_steps(step)
+        count = 0
+        while True:
+            try:
+                next(steps)
+                count += 1
+            except StopIteration as done:
+                assert done.value == expected
+                break
+        assert count == -(-copy.versions // step)
+    # Writes after the copy do not change it.
+    machine.apply(puts + 5, encode_command(Command(1, 10**6, api.PutRequest(key=b"new"))))
+    assert trio.run(encode, copy) == expected != machine.snapshot()
