@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 
+MAX_CONCURRENT_SNAPSHOTS = 2
+"""Snapshot streams a member serves at once (each holds a copy of the state)."""
+
 
 class _PendingWrite:
     __slots__ = ("done", "response", "term")
@@ -84,6 +87,7 @@ class Member:
         self.min_lease_ttl = minimum_ttl(config.election_timeout)
         self.watches = WatchHub(lambda: self.state.store)
         self._watch_ids = itertools.count(1)
+        self._snapshot_slots = trio.Semaphore(MAX_CONCURRENT_SNAPSHOTS)
 
     # -- Life cycle ---------------------------------------------------------------------
 
@@ -397,10 +401,12 @@ class Member:
             if error is not None:
                 yield error
                 return
-        copy = self.state.capture()
-        raft_term = self.node.core.log.term_or_zero(copy.status.applied_index)
-        async for message in snapshot_messages(copy, raft_term, self._header, chunk_bytes):
-            yield message
+        # Each stream holds a copy of the whole state: a few at a time, the others wait.
+        async with self._snapshot_slots:
+            copy = self.state.capture()
+            raft_term = self.node.core.log.term_or_zero(copy.status.applied_index)
+            async for message in snapshot_messages(copy, raft_term, self._header, chunk_bytes):
+                yield message
 
     async def _write(self, request: WriteRequest) -> Response | Error:
         node = self.node

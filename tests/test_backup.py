@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 from kvstore import api
 from kvstore.api import KeyValue, ServerFrame, SnapshotInfo, SnapshotRequest, SnapshotResponse
@@ -29,6 +30,7 @@ from kvstore.client import Client, CompactedError, InvalidRequest, NoLeaderError
 from kvstore.commands import Command, encode_command
 from kvstore.config import Address, cluster_id
 from kvstore.restore import restore_backup
+from kvstore.server import MAX_CONCURRENT_SNAPSHOTS
 from kvstore.snapshot_client import SnapshotIntegrityError
 from kvstore.snapshot_stream import chunk_bytes_for, encode
 from kvstore.state_machine import KVStateMachine
@@ -523,3 +525,36 @@ def test_encoding_in_steps_gives_the_same_bytes(puts: int) -> None:
     # Writes after the copy do not change it.
     machine.apply(puts + 5, encode_command(Command(1, 10**6, api.PutRequest(key=b"new"))))
     assert trio.run(encode, copy) == expected != machine.snapshot()
+
+
+def test_a_member_serves_a_bounded_number_of_snapshots_at_once() -> None:
+    """Each stream holds a copy of the state; further ones wait for a slot."""
+
+    async def main() -> None:
+        async with in_process_cluster(1) as cluster:
+            async with cluster.client() as client:
+                await client.put("k", "v")
+            member = cluster.members["n1"]
+            streams = [member.snapshot(SnapshotRequest()) for _ in range(MAX_CONCURRENT_SNAPSHOTS)]
+            for stream in streams:  # each has taken its copy and sent its info
+                first = await anext(stream)
+                assert isinstance(first, SnapshotResponse) and first.info is not None
+            waiting = member.snapshot(SnapshotRequest())
+            started = trio.Event()
+
+            async def third() -> None:
+                first = await anext(waiting)
+                assert isinstance(first, SnapshotResponse) and first.info is not None
+                started.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(third)
+                await trio.testing.wait_all_tasks_blocked(0.005)
+                assert not started.is_set(), "a stream beyond the limit started"
+                await streams[0].aclose()
+                with trio.fail_after(5):
+                    await started.wait()
+            for stream in [*streams[1:], waiting]:
+                await stream.aclose()
+
+    trio.run(main)
