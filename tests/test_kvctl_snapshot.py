@@ -11,6 +11,8 @@ left half-written.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -27,6 +29,7 @@ from kvstore.api import KeyValue
 from kvstore.backup import load_backup, read_header
 from kvstore.client import SyncClient
 from kvstore.local_cluster import ProcessCluster
+from kvstore.state_machine import KVStateMachine
 from kvstore.testing import free_port, process_cluster
 
 
@@ -302,3 +305,14 @@ def test_help() -> None:
     for command in ("save", "status", "restore"):
         result = run("snapshot", command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.stdout
+
+
+def test_sync_client_saves_a_snapshot(saved: Saved) -> None:
+    buffer = io.BytesIO()
+    with SyncClient(saved.endpoints) as client:
+        download = client.save_snapshot(buffer, chunk_bytes=10_000)
+    payload = buffer.getvalue()
+    assert download.info is not None and len(payload) == download.info.size
+    assert download.sha256 == hashlib.sha256(payload).digest()
+    assert download.info.revision == saved.revision
+    assert KVStateMachine.from_snapshot(payload).status().keys == len(saved.kvs)
