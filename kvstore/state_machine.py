@@ -312,8 +312,8 @@ class KVStateMachine:
         return self.capture().encode()
 
     def capture(self) -> StateCopy:
-        """A consistent copy of the whole state, to encode later (possibly in
-        another thread): the costly part of :meth:`snapshot` left out."""
+        """A consistent copy of the whole state, to encode later (perhaps a
+        step at a time, see :meth:`StateCopy.encode_in_steps`)."""
         body = _Snapshot(self._applied, self._store.dump(), self._leases.records())
         return StateCopy(self.status(), body)
 
