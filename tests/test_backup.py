@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvstore import api
 from kvstore.api import KeyValue, ServerFrame, SnapshotInfo, SnapshotRequest, SnapshotResponse
@@ -581,3 +584,20 @@ def test_clients_that_hang_up_mid_stream_free_their_slots() -> None:
             assert (await client.get("big/3")).kvs[0].value == b"\3" * 1_000_000
 
     trio.run(main)
+
+
+@given(data=st.data())
+@settings(max_examples=60)
+def test_any_flipped_bit_or_truncation_is_caught(source: Source, data: st.DataObject) -> None:
+    original = source.path.read_bytes()
+    damaged = bytearray(original)
+    if data.draw(st.booleans(), label="truncate"):
+        damaged = damaged[: data.draw(st.integers(0, len(original) - 1), label="length")]
+    else:
+        offset = data.draw(st.integers(0, len(original) - 1), label="offset")
+        damaged[offset] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "damaged.db"
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CorruptBackupError):
+            load_backup(path)
