@@ -44,6 +44,9 @@ REQUEST_TIMEOUT = 10.0
 """Seconds to receive a whole request, and to send a response."""
 MAX_CONNECTIONS = 64
 """Connections served at once."""
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+"""How long, and how much, to read and discard after refusing a request."""
 _RECEIVE_CHUNK = 4096
 _SERVER_HEADER = ("Server", "kvstore")
 
@@ -225,6 +228,24 @@ class _HttpConnection:
         except h11.LocalProtocolError:
             return
         await self._stream.send_all(data)
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """Close gently after refusing a request whose rest is still arriving.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy the error response before the client reads it; so
+        stop sending, then read and discard what the client still sends, for
+        at most :data:`LINGER_SECONDS` and :data:`LINGER_BYTES`.
+        """
+        await self._stream.send_eof()
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < LINGER_BYTES:
+                chunk = await self._stream.receive_some(_RECEIVE_CHUNK)
+                if not chunk:
+                    return
+                drained += len(chunk)
 
 
 def _phrase(status: int) -> bytes:
