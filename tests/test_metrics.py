@@ -9,10 +9,12 @@ awaited with a bounded deadline, never slept on.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -22,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cli.main import cli
 from kvstore import metrics_http
 from kvstore.client import Client, KvError
-from kvstore.config import Address, format_address
+from kvstore.config import Address, MemberConfig, format_address
 from kvstore.embed import embedded_member
 from kvstore.metrics import Histogram
 from kvstore.server import Member
@@ -389,3 +391,21 @@ def test_server_refuses_a_bad_metrics_address() -> None:
     assert result.exit_code != 0
     assert "has no port" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_readme_lists_every_metric_and_names_follow_the_conventions() -> None:
+    member = Member(
+        MemberConfig(name="doc", data_dir=None, listen_client=METRICS, listen_peer=METRICS)
+    )
+    exported = {}
+    for family in member.metrics.registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        exported[name] = family.type
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Health and metrics", 1)[1].split("\n## ", 1)[0]
+    listed = dict(re.findall(r"^\| `(kvstore_\w+)` \| (\w+) \|", section, re.MULTILINE))
+    assert listed == exported
+    for name, kind in exported.items():
+        assert name.endswith("_total") == (kind == "counter"), name
+        if kind == "histogram":
+            assert name.endswith(("_seconds", "_bytes")), name
