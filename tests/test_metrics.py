@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +29,7 @@ from kvstore.config import Address, MemberConfig, format_address
 from kvstore.embed import embedded_member
 from kvstore.metrics import Histogram
 from kvstore.server import Member
-from kvstore.testing import in_process_cluster, process_cluster
+from kvstore.testing import free_port, in_process_cluster, process_cluster
 from raft.observer import RoundTripTimer
 
 NO_LEADER = b'{"health": "false", "reason": "no leader"}'
@@ -409,3 +410,31 @@ def test_the_readme_lists_every_metric_and_names_follow_the_conventions() -> Non
         assert name.endswith("_total") == (kind == "counter"), name
         if kind == "histogram":
             assert name.endswith(("_seconds", "_bytes")), name
+
+
+def test_server_names_a_busy_metrics_address(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            cli,
+            [
+                "server",
+                "--data-dir",
+                str(tmp_path / "m"),
+                "--listen-client",
+                f"127.0.0.1:{free_port()}",
+                "--listen-peer",
+                f"127.0.0.1:{free_port()}",
+                "--listen-metrics",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "error",
+            ],
+        )
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: address already in use: metrics address 127.0.0.1:{port}"
+    )
+    assert "Traceback" not in result.output
