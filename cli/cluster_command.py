@@ -51,7 +51,7 @@ def cluster() -> None:
     type=click.IntRange(1, 65000),
     default=2379,
     show_default=True,
-    help="Member i serves clients on BASE+10*i and peers on BASE+10*i+1.",
+    help="Member i serves clients on BASE+10*i, peers on BASE+10*i+1, metrics on BASE+10*i+2.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--tick-ms", type=click.IntRange(min=1), help="Raft tick of each member.")
@@ -115,9 +115,10 @@ def _run(local: ProcessCluster, startup_timeout: float) -> None:
     except ClusterError as exc:
         raise CliError(str(exc)) from None
     for m in local.members:
+        metrics = f"  metrics http://{m.metrics_address}/metrics" if m.metrics_address else ""
         _say(
-            f"  {m.name}  pid {m.pid}  client {m.client_address}  peer {m.peer_address}  "
-            f"log {m.log_path}"
+            f"  {m.name}  pid {m.pid}  client {m.client_address}  peer {m.peer_address}"
+            f"{metrics}  log {m.log_path}"
         )
     endpoints = ",".join(local.endpoints)
     status = local.status(leader)

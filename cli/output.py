@@ -307,14 +307,11 @@ def print_health(results: Sequence[Health], write_out: str) -> None:
     if write_out == "json":
         echo_json(
             [
-                _without_zeros(
-                    [
-                        ("endpoint", r.endpoint),
-                        ("health", r.healthy),
-                        ("took", r.took_text),
-                        ("error", r.error),
-                    ]
-                )
+                {
+                    "endpoint": r.endpoint,
+                    "health": r.healthy,  # false is an answer, not a default to leave out
+                    **_without_zeros([("took", r.took_text), ("error", r.error)]),
+                }
                 for r in results
             ]
         )

@@ -52,6 +52,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
     help="HOST:PORT to talk to the other members on.",
 )
 @click.option(
+    "--listen-metrics",
+    help="HOST:PORT to serve HTTP /metrics and /health on.  [default: not served]",
+)
+@click.option(
     "--initial-cluster",
     help="NAME=HOST:PORT,... peer address of every initial member.  [default: NAME=listen-peer]",
 )
@@ -84,6 +88,7 @@ def server(
     data_dir: Path | None,
     listen_client: str,
     listen_peer: str,
+    listen_metrics: str | None,
     initial_cluster: str | None,
     initial_cluster_token: str,
     tick_ms: int,
@@ -108,6 +113,7 @@ def server(
         election_ticks=election_ticks,
         snapshot_count=snapshot_count,
         auto_compaction_retention=auto_compaction_retention,
+        listen_metrics=parse_address(listen_metrics) if listen_metrics else None,
     )
     _setup_logging(log_level)
     profile_dir = os.environ.get("KVCTL_CPU_PROFILE_DIR")
@@ -142,7 +148,10 @@ def _address_in_use(exc: BaseException) -> bool:
 def _busy(config: MemberConfig) -> str:
     """Which of the member's addresses cannot be bound now (for the error message)."""
     busy = []
-    for role, address in (("client", config.listen_client), ("peer", config.listen_peer)):
+    roles = [("client", config.listen_client), ("peer", config.listen_peer)]
+    if config.listen_metrics is not None:
+        roles.append(("metrics", config.listen_metrics))
+    for role, address in roles:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -168,6 +177,12 @@ async def serve(config: MemberConfig) -> None:
             log.info(
                 "member %s ready (id %x, cluster %x)", member.name, member.id, member.cluster_id
             )
+            if member.metrics_address is not None:
+                log.info(
+                    "metrics on http://%s/metrics, health on http://%s/health",
+                    format_address(member.metrics_address),
+                    format_address(member.metrics_address),
+                )
             async for signum in signals:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

@@ -106,6 +106,9 @@ class MemberConfig:
     """Idle time after which a watch that asked for progress notifications gets one."""
     max_connection_requests: int = 1024
     """Requests in flight per client connection before reading pauses."""
+    listen_metrics: Address | None = None
+    """Where to serve HTTP ``/metrics`` and ``/health`` (port 0: any free port);
+    ``None`` serves neither (the metrics are still kept, in ``Member.metrics``)."""
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -13,6 +13,11 @@
 By default the member is a one-member cluster on ephemeral loopback ports
 (``embedded.endpoint`` says where clients can reach it).  Pass
 ``initial_cluster`` and fixed addresses to join peers instead.
+
+Its metrics are always kept in ``embedded.member.metrics.registry`` (a
+``prometheus_client`` registry of its own); pass
+``listen_metrics=("127.0.0.1", 0)`` to also serve HTTP ``/metrics`` and
+``/health`` (``embedded.member.metrics_address`` says where).
 """
 
 from __future__ import annotations

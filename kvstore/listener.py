@@ -11,7 +11,8 @@ malformed or unknown request gets a definite error and the connection goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,6 +42,14 @@ class RequestHandler(Protocol):
     def snapshot(
         self, request: api.SnapshotRequest
     ) -> AsyncGenerator[api.SnapshotResponse | Error, None]: ...
+
+
+RequestObserver = Callable[[Request, Response | Error, float], None]
+"""Told of every answered request, with the seconds it took (metrics)."""
+
+
+def _ignore(request: Request, response: Response | Error, seconds: float) -> None:
+    pass
 
 
 class _Envelope(msgspec.Struct, array_like=True):
@@ -83,25 +92,32 @@ async def serve_clients(
     handler: RequestHandler,
     address: Address,
     max_inflight: int,
+    observe: RequestObserver = _ignore,
     *,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``address`` and serve every connection; reports the bound address."""
+    """Listen on ``address`` and serve every connection; reports the bound address.
+    ``observe`` is told of every answered request (not watches)."""
     listeners = await trio.open_tcp_listeners(address[1], host=address[0])
     bound = listeners[0].socket.getsockname()
     task_status.started((address[0], bound[1]))
 
     async def serve(stream: trio.SocketStream) -> None:
-        await _Connection(handler, stream, max_inflight).serve()
+        await _Connection(handler, stream, max_inflight, observe).serve()
 
     await trio.serve_listeners(serve, listeners)
 
 
 class _Connection:
     def __init__(
-        self, handler: RequestHandler, stream: trio.SocketStream, max_inflight: int
+        self,
+        handler: RequestHandler,
+        stream: trio.SocketStream,
+        max_inflight: int,
+        observe: RequestObserver = _ignore,
     ) -> None:
         self._handler = handler
+        self._observe = observe
         self._stream = stream
         self._send_lock = trio.Lock()
         self._outbox: list[bytes] = []
@@ -205,11 +221,13 @@ class _Connection:
 
     async def _answer(self, request_id: int, request: Request) -> None:
         try:
+            started = time.perf_counter()
             try:
                 response = await self._handler.handle(request)
             except Exception:
                 log.exception("client %s: request %d failed", self._peer, request_id)
                 response = Error(code=ErrorCode.INTERNAL, message="internal error", definite=False)
+            self._observe(request, response, time.perf_counter() - started)
             await self._send(request_id, response)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass

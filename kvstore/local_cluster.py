@@ -3,8 +3,10 @@
 :class:`ProcessCluster` starts ``size`` members, each a ``python -m cli server``
 process with its own data directory ``DATA/<name>`` and log file
 ``DATA/<name>.log``, on ``host`` with ports counted from ``base_port``: member
-``i`` (from 0) serves clients on ``base_port + 10*i`` and peers on
-``base_port + 10*i + 1``, so the first endpoint is ``base_port`` itself::
+``i`` (from 0) serves clients on ``base_port + 10*i``, peers on
+``base_port + 10*i + 1`` and HTTP ``/metrics`` and ``/health`` on
+``base_port + 10*i + 2`` (unless ``metrics=False``), so the first endpoint is
+``base_port`` itself::
 
     with ProcessCluster("/tmp/kv", size=3, base_port=None, tick_ms=20) as cluster:
         print(cluster.endpoints, cluster.leader())
@@ -86,6 +88,8 @@ class MemberInfo:
     member_id: int
     data_dir: Path
     log_path: Path
+    metrics_address: str | None = None
+    """Where the member serves ``/metrics`` and ``/health`` (``None``: it does not)."""
 
 
 # -- Status over a plain socket --------------------------------------------------------
@@ -126,7 +130,7 @@ def _receive_exactly(sock: socket.socket, size: int, deadline: float) -> bytes:
 def free_base_port(
     size: int, host: str = "127.0.0.1", *, low: int = 20_000, high: int = 60_000, tries: int = 200
 ) -> int:
-    """A base port whose ``2 * size`` member ports are all free on ``host`` now.
+    """A base port whose ``3 * size`` member ports are all free on ``host`` now.
 
     Another process may take one before the cluster binds it; good enough for tests.
     """
@@ -135,11 +139,12 @@ def free_base_port(
         base = rng.randrange(low, high - 10 * size) // 10 * 10
         if all(_port_free(host, p) for p in _member_ports(base, size)):
             return base
-    raise ClusterError(f"found no {2 * size} free ports on {host} in {tries} tries")
+    raise ClusterError(f"found no {3 * size} free ports on {host} in {tries} tries")
 
 
 def _member_ports(base: int, size: int) -> list[int]:
-    return [base + 10 * i + offset for i in range(size) for offset in (0, 1)]
+    """Client, peer and metrics port of every member."""
+    return [base + 10 * i + offset for i in range(size) for offset in (0, 1, 2)]
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -157,10 +162,19 @@ def _port_free(host: str, port: int) -> bool:
 class _Member:
     """A member's fixed identity plus its current process, if any."""
 
-    def __init__(self, name: str, client: str, peer: str, data_dir: Path, token: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        client: str,
+        peer: str,
+        data_dir: Path,
+        token: str,
+        metrics: str | None = None,
+    ) -> None:
         self.name = name
         self.client = client
         self.peer = peer
+        self.metrics = metrics
         self.data_dir = data_dir
         self.log_path = data_dir.with_name(f"{name}.log")
         self.id = member_id(token, name)
@@ -213,6 +227,7 @@ class _Member:
             member_id=self.id,
             data_dir=self.data_dir,
             log_path=self.log_path,
+            metrics_address=self.metrics,
         )
 
 
@@ -231,7 +246,8 @@ class ProcessCluster:
     to every member's command line, ``env`` to its environment.  With
     ``die_with_parent`` (Linux; honoured only when starting members from the
     main thread) the members get SIGTERM if this process dies without stopping
-    them.
+    them.  With ``metrics`` (the default) every member serves ``/metrics`` and
+    ``/health`` on its third port.
     """
 
     def __init__(
@@ -249,6 +265,7 @@ class ProcessCluster:
         env: Mapping[str, str] | None = None,
         die_with_parent: bool = False,
         python: str = sys.executable,
+        metrics: bool = True,
     ) -> None:
         if size < 1:
             raise ClusterError("a cluster needs at least one member")
@@ -277,6 +294,7 @@ class ProcessCluster:
                 f"{host}:{base_port + 10 * i + 1}",
                 self.data_dir / f"n{i + 1}",
                 self.token,
+                f"{host}:{base_port + 10 * i + 2}" if metrics else None,
             )
             for i in range(size)
         }
@@ -325,6 +343,7 @@ class ProcessCluster:
                     "name": m.name,
                     "client": m.client,
                     "peer": m.peer,
+                    "metrics": m.metrics,
                     "id": f"{m.id:x}",
                     "pid": m.pid,
                     "log": str(m.log_path),
@@ -338,6 +357,12 @@ class ProcessCluster:
         temporary.replace(self.state_path)
 
     # -- Views -----------------------------------------------------------------------------
+
+    @property
+    def metrics_addresses(self) -> list[str]:
+        """Every member's ``/metrics`` and ``/health`` address, ``host:port``, in member
+        order (empty when the cluster was made with ``metrics=False``)."""
+        return [m.metrics for m in self._members.values() if m.metrics is not None]
 
     @property
     def names(self) -> list[str]:
@@ -390,6 +415,8 @@ class ProcessCluster:
             "--log-level",
             self._log_level,
         ]
+        if m.metrics is not None:
+            argv += ["--listen-metrics", m.metrics]
         for flag, value in (
             ("--tick-ms", self._tick_ms),
             ("--election-ticks", self._election_ticks),

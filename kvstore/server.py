@@ -19,6 +19,7 @@ import itertools
 import logging
 import random
 import secrets
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from kvstore import api
 from kvstore.api import Error, ErrorCode, Request, Response
 from kvstore.commands import Command, WriteRequest, encode_command
 from kvstore.compactor import PeriodicCompactor, RevisionCompactor
-from kvstore.config import MemberConfig, format_address
+from kvstore.config import Address, MemberConfig, format_address
 from kvstore.lease import Lessor, minimum_ttl
 from kvstore.listener import serve_clients
+from kvstore.metrics import MemberMetrics
+from kvstore.metrics_http import serve_metrics
 from kvstore.snapshot_stream import chunk_bytes_for, snapshot_messages
 from kvstore.state_machine import KVStateMachine
 from kvstore.validation import validate_request
@@ -44,7 +47,7 @@ from raft.messages import ConfState
 from raft.node import NodeConfig, RaftNode
 from raft.ready import Role
 from raft.storage import MemoryStorage
-from raft.transport import TcpTransport
+from raft.transport import PeerStats, TcpTransport
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,9 @@ class Member:
         self.watches = WatchHub(lambda: self.state.store)
         self._watch_ids = itertools.count(1)
         self._snapshot_slots = trio.Semaphore(MAX_CONCURRENT_SNAPSHOTS)
+        self.metrics = MemberMetrics(self, VERSION)
+        self.metrics_address: Address | None = None
+        """Where ``/metrics`` and ``/health`` are served, once running (None: nowhere)."""
 
     # -- Life cycle ---------------------------------------------------------------------
 
@@ -103,7 +109,11 @@ class Member:
             async with trio.open_nursery() as nursery:
                 # Clients first: the peers learn our client address when we dial them.
                 self.client_address = await nursery.start(
-                    serve_clients, self, config.listen_client, config.max_connection_requests
+                    serve_clients,
+                    self,
+                    config.listen_client,
+                    config.max_connection_requests,
+                    self.metrics.requests.observe,
                 )
                 transport = TcpTransport(
                     self.id,
@@ -111,6 +121,7 @@ class Member:
                     config.peer_ids,
                     cluster_id=self.cluster_id,
                     metadata=format_address(self.client_address).encode(),
+                    observer=self.metrics.raft,
                 )
                 self._transport = transport
                 node_config = NodeConfig(
@@ -124,7 +135,9 @@ class Member:
                     snapshot_catchup_entries=config.snapshot_catchup_entries,
                     storage_in_thread=isinstance(storage, DiskStorage),
                 )
-                node = RaftNode(node_config, storage, transport, random.Random())
+                node = RaftNode(
+                    node_config, storage, transport, random.Random(), observer=self.metrics.raft
+                )
                 await nursery.start(node.run)
                 self.node = node
                 if set(config.peer_ids) == {self.id}:
@@ -135,6 +148,10 @@ class Member:
                 nursery.start_soon(self._expiry_loop)
                 if config.auto_compaction_retention or config.auto_compaction_period:
                     nursery.start_soon(self._auto_compact)
+                if config.listen_metrics is not None:
+                    self.metrics_address = await nursery.start(
+                        serve_metrics, self, config.listen_metrics
+                    )
                 log.info(
                     "member %s (%x) serving clients on %s, peers on %s",
                     self.name,
@@ -156,15 +173,19 @@ class Member:
     async def _apply_loop(self) -> None:
         node = self.node
         assert node is not None
+        metrics = self.metrics
         async for batch in node.committed:
             if batch.snapshot is not None:
+                started = time.perf_counter()
                 self.state.restore(batch.snapshot.data)
                 self.watches.on_restore()
                 if self.lessor.primary:
                     self._promote_lessor()
+                metrics.snapshot_applied(time.perf_counter() - started, len(batch.snapshot.data))
                 log.info(
                     "member %s restored a snapshot at %d", self.name, batch.snapshot.meta.index
                 )
+            started = time.perf_counter()
             for entry in batch.entries:
                 result = self.state.apply(entry.index, entry.data)
                 if result is None or result.command is None:
@@ -177,11 +198,16 @@ class Member:
                     if pending is not None:
                         pending.response = result.response
                         pending.done.set()
+            if batch.entries:
+                metrics.apply.observe(time.perf_counter() - started)
             self._applied_changed.set()
             self._applied_changed = trio.Event()
             applied = self.state.applied_index
             if node.snapshot_due(applied):
-                await node.save_snapshot(applied, self.state.snapshot())
+                started = time.perf_counter()
+                data = self.state.snapshot()
+                await node.save_snapshot(applied, data)
+                metrics.snapshot_saved(time.perf_counter() - started, len(data))
 
     def _after_apply(self, request: WriteRequest, response: Response | Error) -> None:
         """Keep the leader's expiry clock in step with the lease table."""
@@ -418,10 +444,12 @@ class Member:
             try:
                 await node.propose(encode_command(Command(self.id, seq, request)))
             except ProposalDropped as dropped:
+                self.metrics.proposals_failed += 1
                 return _error(ErrorCode.NO_LEADER, f"no leader: {dropped.reason}", definite=True)
             with trio.move_on_after(self.config.request_timeout):
                 await pending.done.wait()
             if pending.response is None:
+                self.metrics.proposals_failed += 1
                 if self.stopping:
                     return _error(ErrorCode.STOPPED, "member stopped", definite=False)
                 if pending.done.is_set():
@@ -435,6 +463,7 @@ class Member:
                     "timed out waiting for the write to commit; it may still happen",
                     definite=False,
                 )
+            self.metrics.proposals_committed += 1
             return self._with_header(pending.response)
         finally:
             self._pending.pop(seq, None)
@@ -482,6 +511,20 @@ class Member:
             client_url=format_address(self.client_address),
             members={self.id: format_address(self.client_address)},
         )
+
+    @property
+    def pending_proposals(self) -> int:
+        """Writes this member proposed that wait to be applied."""
+        return len(self._pending)
+
+    @property
+    def raft_term(self) -> int:
+        return self.node.core.term if self.node is not None else 0
+
+    @property
+    def peer_stats(self) -> PeerStats | None:
+        """Bytes and drops per peer, once the transport runs."""
+        return self._transport.stats if self._transport is not None else None
 
     def _header(self, revision: int) -> api.ResponseHeader:
         term = self.node.core.term if self.node is not None else 0

@@ -83,6 +83,8 @@ class WatchHub:
         self.catch_up_revisions = catch_up_revisions
         self.slow_watchers = 0
         """How many times a watch fell behind and was switched to catching up."""
+        self.events_sent = 0
+        """Events handed to watch streams for sending (their consumers count them)."""
 
     def __len__(self) -> int:
         return len(self._watchers)

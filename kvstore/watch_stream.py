@@ -77,6 +77,7 @@ class WatchStream:
                 return self._finish(taken)
             if taken:
                 events = [event for _, batch in taken for event in batch]
+                self._hub.events_sent += len(events)
                 return WatchResponse(
                     header=self._header(self._current_revision()),
                     watch_id=watch_id,

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import trio
 from raft.core import Config, RaftCore, Status
 from raft.errors import ReadIndexDropped, RequestDropped
 from raft.messages import ConfState, Entry, Message, Snapshot, SnapshotMeta
+from raft.observer import RaftObserver
 from raft.ready import Ready, Role
 from raft.storage import Storage
 from raft.transport import Transport
@@ -110,8 +112,10 @@ class RaftNode:
         storage: PersistentStorage,
         transport: Transport,
         rng: random.Random | None = None,
+        observer: RaftObserver | None = None,
     ) -> None:
         self.config = config
+        self.observer = observer or RaftObserver()
         self.storage = storage
         self.transport = transport
         initial = storage.snapshot()
@@ -277,7 +281,9 @@ class RaftNode:
             if ready.must_sync:
                 self.fsyncs += 1
             if ready.must_sync:
+                started = time.perf_counter()
                 await self._storage_call(self.storage.persist, ready)
+                self.observer.wal_synced(time.perf_counter() - started)
             else:
                 self.storage.persist(ready)
         self.transport.send(ready.persisted_messages)

@@ -25,7 +25,8 @@ import msgspec
 import trio
 
 from raft.framing import FrameError, FrameReader, encode_frame
-from raft.messages import Message, decode_message, encode_message
+from raft.messages import Heartbeat, HeartbeatResponse, Message, decode_message, encode_message
+from raft.observer import RaftObserver, RoundTripTimer
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class TcpTransport:
         backoff_min: float = 0.02,
         backoff_max: float = 1.0,
         metadata: bytes = b"",
+        observer: RaftObserver | None = None,
     ) -> None:
         self.node_id = node_id
         self.metadata = metadata
@@ -97,6 +99,7 @@ class TcpTransport:
         self.listen = listen
         self.cluster_id = cluster_id
         self.stats = PeerStats()
+        self._round_trips = RoundTripTimer((observer or RaftObserver()).peer_round_trip)
         self._peers: dict[int, Address] = {}
         self._queues: dict[int, trio.MemorySendChannel[Message]] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
@@ -116,11 +119,14 @@ class TcpTransport:
             if queue is None:
                 self.stats.dropped[message.to] += 1
                 continue
+            if type(message) is Heartbeat:
+                self._round_trips.sent(message.to)
             try:
                 queue.send_nowait(message)
             except trio.WouldBlock:
                 self.stats.dropped[message.to] += 1
                 self.stats.unreachable.add(message.to)
+                self._round_trips.lost(message.to)
 
     def set_peers(self, peers: dict[int, Address]) -> None:
         """Start talking to new peers and stop talking to removed ones."""
@@ -179,6 +185,7 @@ class TcpTransport:
                         await self._pump(peer, stream, queue)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
                     self.stats.unreachable.add(peer)
+                    self._round_trips.lost(peer)
                     log.debug("node %d: connection to %d lost: %s", self.node_id, peer, error)
                     await trio.sleep(backoff)
 
@@ -244,6 +251,8 @@ class TcpTransport:
                         )
                     assert self._deliver is not None
                     self._deliver(message)
+                    if type(message) is HeartbeatResponse:
+                        self._round_trips.answered(peer)
             except (FrameError, msgspec.DecodeError) as error:
                 log.warning(
                     "node %d: closing connection from peer %d: %s", self.node_id, peer, error
