@@ -1,8 +1,9 @@
 """The lease checker judges known-bad lease histories invalid, good ones valid.
 
 Times are in seconds here (the helpers convert).  The bounds used: ET = 0.5 s,
-so the expiry check runs every 0.25 s, ``revoke_delay`` = 2 (0.25 + 0.5) +
-0.5 = 2 s and a leader change extends a lease to TTL + 1 s after the election.
+so the expiry check runs every 0.25 s, ``revoke_delay`` = 2 * 0.25 + 0.5 + 1
++ 0.5 = 2.5 s and a leader change extends a lease to TTL + 1 s after the
+election.
 Every history polls three members in settled status rounds unless the test is
 about the rounds themselves.
 """
@@ -143,27 +144,27 @@ def check(h: H) -> Any:
 
 def stopped_lease(seen_at: float, *, rounds_until: float = 12.0) -> H:
     """A lease kept alive until 1.0 s, stopped at 1.5 s: R = 1.01, so the key
-    must be gone by R + TTL + revoke_delay = 5.01 s when no leader changed."""
+    must be gone by R + TTL + revoke_delay = 5.51 s when no leader changed."""
     h = H().lease("p/a", 0.0, mode="stopped").keepalive("p/a", 1.0).stop("p/a", 1.5)
     return h.read(0.5, ["p/a"]).read(seen_at, ["p/a"]).rounds(0.0, rounds_until)
 
 
 def test_stopped_key_seen_within_the_bound_is_valid() -> None:
-    result = check(stopped_lease(4.9))
+    result = check(stopped_lease(5.4))
     assert result.verdict is Verdict.VALID, result.describe()
     assert result.counts()["judged"] == 2
 
 
 def test_key_outliving_its_lease_is_invalid() -> None:
-    result = check(stopped_lease(5.2))
+    result = check(stopped_lease(5.6))
     assert result.verdict is Verdict.INVALID
     assert [a.kind for a in result.anomalies] == ["outlived"]
     assert result.anomalies[0].key == "p/a"
 
 
 def test_leader_change_extends_the_bound_by_ttl_and_two_election_timeouts() -> None:
-    # The key is seen at 5.2 s, too late without a leader change; but term 2
-    # got a leader by 3.0 s: the lease may live until 3.0 + 1.0 + TTL + 2 = 8.0 s.
+    # The key is seen at 5.6 s, too late without a leader change; but term 2
+    # got a leader by 3.0 s: the lease may live until 3.0 + 1.0 + TTL + 2.5 = 8.5 s.
 
     def seen(*times: float) -> H:
         h = H().lease("p/a", 0.0, mode="stopped").keepalive("p/a", 1.0).stop("p/a", 1.5)
@@ -171,10 +172,10 @@ def test_leader_change_extends_the_bound_by_ttl_and_two_election_timeouts() -> N
             h.read(t, ["p/a"])
         return h.rounds(0.0, 2.9).rounds(3.0, 12.0, term=2, leader=2)
 
-    good = check(seen(5.2, 7.9))
+    good = check(seen(5.6, 8.4))
     assert good.verdict is Verdict.VALID, good.describe()
     assert good.counts()["terms_with_leader"] == 2
-    bad = check(seen(5.2, 8.2))
+    bad = check(seen(5.6, 8.6))
     assert [a.kind for a in bad.anomalies] == ["outlived"]
 
 
@@ -195,11 +196,11 @@ def test_rounds_answered_by_a_minority_settle_nothing() -> None:
 
 def test_a_keepalive_without_answer_may_renew_late() -> None:
     # The last keep-alive timed out at 2.0 s: it may have reached the leader
-    # up to 2 ET = 1 s later, so the key may live until 3.0 + TTL + 2 = 7.0 s.
+    # up to 2 ET = 1 s later, so the key may live until 3.0 + TTL + 2.5 = 7.5 s.
     h = H().lease("p/a", 0.0, mode="stopped").keepalive("p/a", 1.0, type="info")
     h.stop("p/a", 2.5).rounds(0.0, 12.0)
-    assert check(h.read(6.9, ["p/a"])).verdict is Verdict.VALID
-    assert check(h.read(7.2, ["p/a"])).verdict is Verdict.INVALID
+    assert check(h.read(7.4, ["p/a"])).verdict is Verdict.VALID
+    assert check(h.read(7.6, ["p/a"])).verdict is Verdict.INVALID
 
 
 def test_a_key_seen_before_its_put_is_a_phantom() -> None:
@@ -265,7 +266,7 @@ def test_a_read_invoked_before_the_put_completed_proves_nothing() -> None:
 
 
 def test_the_history_survives_jsonl_and_malformed_ones_are_rejected() -> None:
-    events = stopped_lease(5.2).build()
+    events = stopped_lease(5.6).build()
     assert (
         check_leases(loads_jsonl(dumps_jsonl(events)), bounds=BOUNDS, members=3).counts()[
             "outlived"
@@ -279,6 +280,7 @@ def test_the_history_survives_jsonl_and_malformed_ones_are_rejected() -> None:
 def test_bounds_follow_the_server() -> None:
     b = LeaseBounds(election_timeout=1.0)
     assert b.expiry_interval == 0.5
-    assert b.revoke_delay == pytest.approx(3.5)
+    assert b.revoke_delay == pytest.approx(0.5 + 0.5 + 1 + 1 + 0.5)
+    assert BOUNDS.revoke_delay == pytest.approx(2.5)
     assert b.promotion_extension == 2.0
     assert LeaseBounds(0.2).expiry_interval == pytest.approx(0.1)

@@ -56,9 +56,13 @@ linearizable read that completed ``ok`` and saw the key, with invocation time
   ``L = min(r1, first_named(M))``, maximised over the settled rounds that begin
   within ``[r0, r1]`` and the first one after.  With no settled round after the
   read, ``L = r1`` and the read cannot be judged: it is counted ``unjudged``.
-* ``revoke_delay = 2 (interval + ET) + commit_slack``: the expiry check
-  interval, a ReadIndex round that may time out once, and the revoke's own
-  commit (``commit_slack``, 0.5 s by default).
+* ``revoke_delay = 2 interval + ET + rearm + commit_slack``: the expiry
+  check interval; one failed ReadIndex round (given ``ET``) or failed revoke,
+  after which the lessor re-arms the lease for another try ``rearm`` = 1 s
+  later (:meth:`kvstore.lease.Lessor.expired`), and one more interval; and the
+  revoke's own commit (``commit_slack``, 0.5 s by default).  More than one
+  failure in a row means the leader lost its quorum, and check-quorum then
+  deposes it: the next leader's election moves ``L``.
 
 **Rule 2, no key of a kept-alive lease vanishes.**  A lease is guaranteed
 alive for TTL after any keep-alive it answered with TTL > 0 (the leader
@@ -97,6 +101,8 @@ class LeaseBounds:
     """An upper bound of the members' election timeout."""
     commit_slack: float = 0.5
     """Time a revoke may take from proposal to being applied on a healthy leader."""
+    rearm: float = 1.0
+    """How long the lessor waits before retrying a revoke that did not land."""
 
     @property
     def expiry_interval(self) -> float:
@@ -105,7 +111,7 @@ class LeaseBounds:
 
     @property
     def revoke_delay(self) -> float:
-        return 2 * (self.expiry_interval + self.election_timeout) + self.commit_slack
+        return 2 * self.expiry_interval + self.election_timeout + self.rearm + self.commit_slack
 
     @property
     def promotion_extension(self) -> float:
