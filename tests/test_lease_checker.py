@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jepsen_like.checkers import LeaseBounds, Verdict, check_leases
 from jepsen_like.checkers.lease_checker import NS
@@ -284,3 +286,108 @@ def test_bounds_follow_the_server() -> None:
     assert BOUNDS.revoke_delay == pytest.approx(2.5)
     assert b.promotion_extension == 2.0
     assert LeaseBounds(0.2).expiry_interval == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------
+# Against a model of the server's expiry
+
+
+class _ModelRun:
+    """A simulated lease run following ``kvstore.lease`` and ``kvstore.server``:
+    only the promoted leader tracks deadlines; a keep-alive it receives sets
+    receipt + TTL, a promotion (within ET of the election) sets promotion +
+    TTL + ET for every lease; every ``interval`` the leader revokes what
+    expired, committing within 0.1 s unless leadership moves first.
+
+    ``outlive`` never revokes the first stopped lease (a store that keeps keys
+    too long); ``vanish`` revokes the kept lease at that time regardless of its
+    deadline (a store that loses them).  The last election is at 10 s at the
+    latest and the run lasts 20 s, so a lease that outlives its bound is seen.
+    """
+
+    def __init__(self, seed: int, *, outlive: bool = False, vanish: float | None = None) -> None:
+        import random
+
+        rng = random.Random(seed)
+        et, interval, dt, end = BOUNDS.election_timeout, BOUNDS.expiry_interval, 0.01, 20.0
+        elections = sorted({0.0, *(round(rng.uniform(1, 10), 2) for _ in range(rng.randrange(4)))})
+        promote = {e: round(e + rng.uniform(0, et), 2) for e in elections}
+        h = H()
+        leases = {
+            "p/kept": ("kept", 0.2, end),
+            "p/s1": ("stopped", 0.5, round(rng.uniform(1, 4), 2)),
+            "p/s2": ("stopped", round(rng.uniform(3, 8), 2), round(rng.uniform(8, 12), 2)),
+        }
+        deadline: dict[str, float] = {}
+        alive: set[str] = set()
+        revoking: dict[str, float] = {}
+        next_ka = {key: start + 0.5 for key, (_, start, _) in leases.items()}
+        primary_since = 0.0
+        t = 0.0
+        step = 0
+        while t < end:
+            t = round(step * dt, 2)
+            step += 1
+            term = sum(1 for e in elections if e <= t)
+            elected = max(e for e in elections if e <= t)
+            primary = t >= promote[elected]
+            if t == promote[elected]:
+                primary_since = t
+                deadline = {k: t + TTL + et for k in alive}
+                revoking.clear()
+            if t in elections and t > 0:
+                revoking.clear()  # an uncommitted revoke dies with the old term
+            for index, (key, (mode, start, stop)) in enumerate(leases.items()):
+                if t == start:
+                    h.lease(key, t, mode=mode, process=10 + index)
+                    alive.add(key)
+                    deadline[key] = t + 0.005 + TTL
+                if key in alive and start < t < stop and t >= next_ka[key]:
+                    next_ka[key] = t + 0.5
+                    h.keepalive(key, t, type="ok" if primary else "fail", process=10 + index)
+                    if primary:
+                        deadline[key] = t + 0.005 + TTL
+                if key in alive and t == stop and mode == "stopped":
+                    h.stop(key, t, process=10 + index)
+            if primary and round((t - primary_since) / interval, 6).is_integer():
+                for key in alive:
+                    kept_forever = outlive and key == "p/s1"
+                    if deadline[key] <= t and key not in revoking and not kept_forever:
+                        revoking[key] = t + rng.uniform(0, 0.1)
+            if vanish is not None and abs(t - vanish) < dt / 2 and "p/kept" in alive:
+                revoking["p/kept"] = t
+            for key, when in list(revoking.items()):
+                if when <= t:
+                    alive.discard(key)
+                    del revoking[key]
+            if step % 10 == 0:
+                h.read(t, sorted(alive))
+                leader_named = t >= elected + 0.02
+                for member in range(3):
+                    result = {"term": term, "leader": term if leader_named else 0}
+                    h.op(
+                        MONITOR + member, "status", t + 0.001, t + 0.006, value=step, result=result
+                    )
+        self.history = h
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**32 - 1))
+def test_model_runs_are_valid(seed: int) -> None:
+    result = check(_ModelRun(seed).history)
+    assert result.verdict is Verdict.VALID, result.describe()
+    assert result.counts()["judged"] > 50
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**32 - 1))
+def test_model_runs_with_a_key_kept_too_long_are_invalid(seed: int) -> None:
+    result = check(_ModelRun(seed, outlive=True).history)
+    assert "outlived" in result.counts(), result.describe()
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**32 - 1), st.floats(2.0, 18.0))
+def test_model_runs_losing_a_kept_key_are_invalid(seed: int, when: float) -> None:
+    result = check(_ModelRun(seed, vanish=round(when, 2)).history)
+    assert "vanished" in result.counts(), result.describe()
