@@ -180,16 +180,21 @@ async def test_compacted_history_is_reported_not_skipped() -> None:
 
 
 @trio_test
-async def test_fenced_lock_sections_never_overlap_through_kills() -> None:
-    workload = LockWorkload(ttl=1)
+async def test_fenced_lock_sections_never_overlap_through_kills_and_stalls() -> None:
+    # Every 4th section of a worker stalls for TTL + 1 s without keep-alives:
+    # its lease expires, another worker takes the lock, and the stalled
+    # worker's "end" must be fenced out.
+    workload = LockWorkload(ttl=1, stall_every=4)
     async with in_process_cluster(3, host=HOST) as cluster:
-        reports, history = await drive(workload, cluster, duration=5.0)
+        reports, history = await drive(workload, cluster, duration=6.0)
     assert_valid(reports)
     c = reports["lock"].counts
     assert c["sections"] > 10 and c["log_entries"] >= 2 * c["sections"] - c["abandoned"], c
     ops = counts(history)
     assert c["sections"] <= ops["acquire", "ok"] and ops["append", "ok"] >= c["log_entries"]
-    assert "overlapping_pairs" in reports["lock-unfenced"].counts
+    assert ops["stall", "ok"] >= 1, ops
+    assert c["fenced_out"] >= 1 and c["abandoned"] >= 1, c
+    assert reports["lock-unfenced"].counts["overlapping_pairs"] >= 1
 
     # Tampered: another client's section begins inside an open one, with an
     # older token, and a successful append is missing from the log.

@@ -14,6 +14,14 @@ txn that succeeds only if the token is at least the highest one used so far::
 numeric one.  Log entries are separate keys, put once; their create
 revisions order the log.
 
+Every ``stall_every``-th section of each worker *stalls*, as a process pause
+(GC, SIGSTOP) would: after its ``begin`` the worker stops its session's
+keep-alives (:meth:`~kvstore.concurrency.Session.orphan`) and sleeps for
+the TTL plus a second, then appends its ``end`` as if nothing happened.  By
+then its lease has expired and another worker holds the lock, so the
+unfenced sections overlap and the stale ``end`` must be fenced out: this is
+what makes the fenced check mean something (``stall`` operations count them).
+
 Checks:
 
 * ``lock`` -- :func:`~jepsen_like.checkers.check_fenced_log` on the final log
@@ -67,9 +75,14 @@ class LockWorkload:
         ttl: int = 2,
         prefix: str = "jepsen-lock/",
         max_hold: float = 0.05,
+        stall_every: int = 25,
         final_timeout: float = 30.0,
     ) -> None:
+        if ttl < 1 or stall_every < 0:
+            raise ValueError("ttl must be at least 1 and stall_every not negative")
         self.ttl = ttl
+        self.stall_every = stall_every
+        self._sections: Counter[int] = Counter()
         self.prefix = prefix
         self.max_hold = max_hold
         self.final_timeout = final_timeout
@@ -155,6 +168,8 @@ class LockWorkload:
             if op.f != "append":
                 continue
             entry = freeze(op.value)
+            if op.outcome == "ok" and not op.succeeded:
+                counts["fenced_out"] += 1
             if op.outcome == "ok" and op.succeeded:
                 possible.add(entry)
                 if entry not in logged:
@@ -207,7 +222,11 @@ class LockWorkload:
         client_id = f"p{process}"
         try:
             if await self._append(ctx, client, process, client_id, token, "begin"):
-                await trio.sleep(ctx.rng.uniform(0, self.max_hold))
+                self._sections[process] += 1
+                if self.stall_every and self._sections[process] % self.stall_every == 0:
+                    await self._stall(ctx, session, process)
+                else:
+                    await trio.sleep(ctx.rng.uniform(0, self.max_hold))
                 await self._append(ctx, client, process, client_id, token, "end")
         finally:
             op = ctx.recorder.invoke(process, "release", key=self.lock_name, value=token)
@@ -219,6 +238,17 @@ class LockWorkload:
             with trio.CancelScope(shield=True):
                 if await attempt(ctx, op, unlock):
                     ctx.recorder.ok(op)
+
+    async def _stall(self, ctx: RunContext, session: Session, process: int) -> None:
+        """Pause like a stopped process: no keep-alives until the lease is gone."""
+        op = ctx.recorder.invoke(process, "stall", value=session.ttl + 1.0)
+        session.orphan()
+        try:
+            await trio.sleep(session.ttl + 1.0)
+        except BaseException as exc:
+            ctx.recorder.failed(op, exc)
+            raise
+        ctx.recorder.ok(op)
 
     async def _append(
         self, ctx: RunContext, client: Client, process: int, client_id: str, token: int, kind: str
