@@ -226,7 +226,7 @@ async def test_lease_keys_live_and_die_by_their_leases_through_kills() -> None:
     assert_valid(reports)
     c = reports["lease"].counts
     assert c["leases_stopped"] >= 3 and c["leases_kept"] >= 2, c
-    assert c["judged"] > 50 and c["keys_left_at_end"] == 0, c
+    assert c["judged"] > 50 and c["reads_serializable"] > 20 and c["keys_left_at_end"] == 0, c
     assert c["terms_with_leader"] >= 2, c  # the kills moved leadership
 
     # Tampered: a stopped lease's key is seen 30 s after the run, with

@@ -47,6 +47,7 @@ class H:
         result: Any = None,
         type: str = "ok",
         node: str | None = None,
+        revision: int | None = None,
     ) -> H:
         self.events.append(
             Operation(
@@ -66,10 +67,11 @@ class H:
                     type=type,
                     f=f,
                     time_ns=_t(end),
-                    key=key,  # type: ignore[arg-type]
+                    key=key,
                     value=value,
                     result=result,
                     node=node,
+                    revision=revision,
                 )
             )
         return self
@@ -87,7 +89,9 @@ class H:
             value={"ttl": ttl, "mode": mode},
             result={"lease": lease_id, "ttl": ttl},
         )
-        return self.op(process, "put", at + 0.01, at + 0.02, key=key, value=lease_id)
+        return self.op(
+            process, "put", at + 0.01, at + 0.02, key=key, value=lease_id, revision=round(at * 100)
+        )
 
     def keepalive(
         self, key: str, at: float, *, ttl: int = TTL, type: str = "ok", process: int = 1
@@ -98,8 +102,21 @@ class H:
     def stop(self, key: str, at: float, process: int = 1) -> H:
         return self.op(process, "stop", at, at + 0.001, key=key, value=7)
 
-    def read(self, at: float, present: list[str], process: int = 2) -> H:
-        return self.op(process, "read", at, at + 0.01, key="p/", result=sorted(present))
+    def read(
+        self, at: float, present: list[str], process: int = 2, *, revision: int | None = None
+    ) -> H:
+        """A linearizable read, or a serializable one at ``revision`` if given."""
+        value = None if revision is None else "serializable"
+        return self.op(
+            process,
+            "read",
+            at,
+            at + 0.01,
+            key="p/",
+            value=value,
+            result=sorted(present),
+            revision=revision,
+        )
 
     def rounds(
         self,
@@ -261,6 +278,20 @@ def test_a_read_invoked_before_the_put_completed_proves_nothing() -> None:
     h = H().lease("p/k", 1.0, mode="kept").rounds(0.0, 5.0)
     h.op(2, "read", 1.005, 1.05, key="p/", result=[])
     assert check(h).verdict is Verdict.VALID
+
+
+def test_serializable_reads_only_count_once_their_member_applied_the_put() -> None:
+    # The put is at revision 0 * 100 = 0 for a lease at 0.0: use one at 1.0 (revision 100).
+    h = H().lease("p/k", 1.0, mode="kept").keepalive("p/k", 1.5).rounds(0.0, 6.0)
+    behind = check(h.read(2.0, [], revision=99))  # a lagging member: the put is not there yet
+    assert behind.verdict is Verdict.VALID, behind.describe()
+    assert check(h.read(2.1, [], revision=100)).counts()["vanished"] == 1
+
+
+def test_serializable_reads_may_show_revoked_keys() -> None:
+    result = check(stopped_lease(5.6).read(9.0, ["p/a"], revision=1))
+    assert [a.kind for a in result.anomalies] == ["outlived"]  # only the linearizable one
+    assert result.counts()["reads_serializable"] == 1
 
 
 # --------------------------------------------------------------------------

@@ -11,15 +11,19 @@ grant       ``{"ttl": asked, "mode": m}``   ``{"lease": id, "ttl": granted}``
 put         lease id                        --
 keepalive   lease id                        TTL answered (0: the lease is gone)
 stop        lease id                        -- (keep-alives stop here)
-read        -- (``key`` is the prefix)      sorted names of the keys present
+read        -- or ``"serializable"``        sorted names of the keys present;
+            (``key`` is the prefix)         ``revision``: the header's
 status      round number (``node``: member) ``{"term": t, "leader": id}``
 =========== ============================== ===================================
 
 ``mode`` is ``kept`` (kept alive for the whole run) or ``stopped`` (its
-keep-alives stop at a recorded ``stop``).  Reads must be linearizable: a
+keep-alives stop at a recorded ``stop``); ``put`` records its revision.
+Reads are linearizable unless their value says ``serializable``.  A
 serializable read on a lagging member may legitimately show a key long after
-its lease was revoked, so it bounds nothing.  ``status`` rounds poll every
-member at once; they let the checker place leader changes in time.
+its lease was revoked, so rule 1 uses linearizable reads only; rule 2 uses
+both, a serializable one only once its member has applied the key's put (the
+read's revision is at least the put's).  ``status`` rounds poll every member
+at once; they let the checker place leader changes in time.
 
 **Why the bound is not just "TTL".**  Only the leader tracks expiry
 (:mod:`kvstore.lease`): a keep-alive it receives at time ``k`` sets the
@@ -68,7 +72,8 @@ linearizable read that completed ``ok`` and saw the key, with invocation time
 alive for TTL after any keep-alive it answered with TTL > 0 (the leader
 renewed it on receipt, after the keep-alive was invoked; a new leader only
 extends).  So a read that completed ``ok`` without the key, invoked after the
-key's put completed, is a violation iff it completed before
+key's put completed (linearizable) or at a revision at or after the put's
+(serializable), is a violation iff it completed before
 ``max(invocation of the grant or of an ok keep-alive with TTL > 0) + TTL``.
 A kept-alive lease that lost its key later than that had a keep-alive gap
 longer than its TTL (a fault kept keep-alives from the leader): that is
@@ -167,6 +172,11 @@ class _Op:
     outcome: str
     result: Any
     node: str | None
+    revision: int | None = None
+
+    @property
+    def serializable(self) -> bool:
+        return self.f == "read" and self.value == "serializable"
 
 
 def _pair(history: Sequence[Operation]) -> list[_Op]:
@@ -192,6 +202,7 @@ def _pair(history: Sequence[Operation]) -> list[_Op]:
                 ev.type,
                 ev.result,
                 ev.node or inv.node,
+                ev.revision,
             )
         )
     for inv in pending.values():
@@ -218,6 +229,7 @@ class _Lease:
     """Invocation of the ``stop``: no keep-alive after it."""
     put_called: int | None = None
     put_done: int | None = None
+    put_revision: int | None = None
 
 
 class LeadershipTimeline:
@@ -294,6 +306,7 @@ def check_leases(history: Sequence[Operation], *, bounds: LeaseBounds, members: 
             lease.put_called = op.start
             if op.outcome == "ok":
                 lease.put_done = op.end
+                lease.put_revision = op.revision
         elif op.f == "keepalive":
             stats["keepalives"] += 1
             if op.outcome == "ok" and op.end is not None:
@@ -317,14 +330,16 @@ def check_leases(history: Sequence[Operation], *, bounds: LeaseBounds, members: 
     for read in reads:
         assert read.end is not None
         present = set(read.result or [])
-        stats["reads"] += 1
-        election = timeline.latest_election(read.start, read.end)
+        stats["reads_serializable" if read.serializable else "reads"] += 1
+        election = None if read.serializable else timeline.latest_election(read.start, read.end)
         for lease in leases.values():
             if lease.key in present:
                 if lease.put_called is None or read.end < lease.put_called:
                     anomalies.append(
                         LeaseAnomaly("phantom", lease.key, read.start, "seen before its put")
                     )
+                if read.serializable:
+                    continue  # a lagging member may show it long after the revoke
                 if election is None or math.isinf(lease.renewed_until):
                     stats["unjudged"] += 1
                     continue
@@ -343,7 +358,11 @@ def check_leases(history: Sequence[Operation], *, bounds: LeaseBounds, members: 
                         )
                     )
             elif lease.mode == "kept" and lease.put_done is not None:
-                if read.start < lease.put_done:
+                if read.serializable:
+                    put, seen = lease.put_revision, read.revision
+                    if put is None or seen is None or seen < put:
+                        continue  # its member had not applied the put yet
+                elif read.start < lease.put_done:
                     continue
                 if read.end <= lease.alive_since_call + lease.ttl_ns:
                     anomalies.append(

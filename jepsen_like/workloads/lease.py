@@ -3,7 +3,9 @@
 Every *holder* worker keeps one lease alive for the whole run (``kept``) and,
 now and then, grants a ``stopped`` lease whose keep-alives it stops after a
 random part of its TTL; each lease has one key, ``<prefix><process>-<n>``.
-*Observer* workers read the prefix (linearizable) in a loop.  Workers with
+*Observer* workers read the prefix in a loop, alternately linearizable and
+serializable (``value`` ``"serializable"``; the checker uses those only to
+catch a vanished key, once their member has applied its put).  Workers with
 even numbers hold, odd ones observe (a single worker does both).  The first
 worker also polls every member's status each ~100 ms (``status`` operations),
 so the checker can place leader changes in time.
@@ -226,14 +228,21 @@ class LeaseWorkload:
     # -- Observers and the status poller ------------------------------------------------
 
     async def _observe(self, ctx: RunContext, client: Client, process: int) -> None:
+        serializable = False
         with trio.move_on_at(ctx.stop_at):
             while True:
-                await self._read(ctx, client, process)
+                await self._read(ctx, client, process, serializable=serializable)
+                serializable = not serializable
                 await trio.sleep(self.read_interval)
 
-    async def _read(self, ctx: RunContext, client: Client, process: int) -> list[str] | None:
-        op = ctx.recorder.invoke(process, "read", key=self.prefix)
-        response = await attempt(ctx, op, lambda: client.get(self.prefix, prefix=True))
+    async def _read(
+        self, ctx: RunContext, client: Client, process: int, *, serializable: bool = False
+    ) -> list[str] | None:
+        value = "serializable" if serializable else None
+        op = ctx.recorder.invoke(process, "read", key=self.prefix, value=value)
+        response = await attempt(
+            ctx, op, lambda: client.get(self.prefix, prefix=True, serializable=serializable)
+        )
         if response is None:
             return None
         present = sorted(kv.key.decode() for kv in response.kvs)
