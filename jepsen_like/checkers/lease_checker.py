@@ -86,6 +86,7 @@ derives one from the server's minimum TTL (``ceil(1.5 ET)``) unless told.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -258,15 +259,15 @@ class LeadershipTimeline:
                 settled.append((min(o.start for o in ops), top))
         settled.sort()
         self.settled = settled
+        self._starts = [start for start, _ in settled]
         self.terms = sorted(self.first_named)
 
     def latest_election(self, r0: int, r1: int) -> int | None:
         """``L`` for a read invoked at ``r0`` and completed at ``r1``; None when
         no settled round began after the read."""
         bound: int | None = None
-        for start, top in self.settled:
-            if start < r0:
-                continue
+        for i in range(bisect.bisect_left(self._starts, r0), len(self.settled)):
+            start, top = self.settled[i]
             named = self.first_named[top]
             bound = named if bound is None else max(bound, named)
             if start >= r1:

@@ -52,7 +52,7 @@ from jepsen_like.checkers.linearizable import freeze
 from jepsen_like.history import Operation, complete_operations
 from jepsen_like.workload import CheckerReport, RunContext
 from jepsen_like.workloads._util import STORE_ERRORS, attempt
-from kvstore.api import SortTarget
+from kvstore.api import SortOrder, SortTarget
 from kvstore.client import Client, Compare, KvError, Op
 from kvstore.concurrency import LockLost, Mutex, Session
 
@@ -133,7 +133,10 @@ class LockWorkload:
                 while True:
                     try:
                         response = await client.get(
-                            self.log_prefix, prefix=True, sort_target=SortTarget.CREATE
+                            self.log_prefix,
+                            prefix=True,
+                            sort_target=SortTarget.CREATE,
+                            sort_order=SortOrder.ASCEND,
                         )
                         break
                     except KvError as exc:

@@ -182,8 +182,9 @@ class WatchWorkload:
                 w.log.end_revision = max(w.next_revision - 1, w.log.start_revision - 1)
             logs.append(w.log)
         result = check_watches(final.committed, logs)
-        anomalies += [f"{a.kind} watcher={a.watcher} rev={a.revision} {a.detail}"
-                      for a in result.anomalies]  # fmt: skip
+        anomalies += [
+            f"{a.kind} watcher={a.watcher} rev={a.revision} {a.detail}" for a in result.anomalies
+        ]
         counts.update(result.counts())
         counts["watchers"] = len(logs)
         counts["events_delivered"] = result.events_checked
