@@ -99,8 +99,8 @@ class H:
         end = at + 0.01 if type != "info" else at + 1.0
         return self.op(process, "keepalive", at, end, key=key, value=7, result=ttl, type=type)
 
-    def stop(self, key: str, at: float, process: int = 1) -> H:
-        return self.op(process, "stop", at, at + 0.001, key=key, value=7)
+    def stop(self, key: str, at: float, process: int = 1, reason: str = "planned") -> H:
+        return self.op(process, "stop", at, at + 0.001, key=key, value=7, result=reason)
 
     def read(
         self, at: float, present: list[str], process: int = 2, *, revision: int | None = None
@@ -263,7 +263,7 @@ def test_kept_alive_lease_may_expire_after_a_keepalive_gap() -> None:
 
 
 def test_a_kept_lease_stopped_at_the_end_may_expire() -> None:
-    result = check(kept_lease().stop("p/k", 4.0).read(6.0, []))
+    result = check(kept_lease().stop("p/k", 4.0, reason="end").read(6.0, []))
     assert result.verdict is Verdict.VALID
     assert result.counts()["kept_expired_after_stop"] == 1
 

@@ -10,7 +10,8 @@ f           invoke ``value``                ok ``result``
 grant       ``{"ttl": asked, "mode": m}``   ``{"lease": id, "ttl": granted}``
 put         lease id                        --
 keepalive   lease id                        TTL answered (0: the lease is gone)
-stop        lease id                        -- (keep-alives stop here)
+stop        lease id                        why keep-alives stop here (``end``:
+                                            the run ended)
 read        -- or ``"serializable"``        sorted names of the keys present;
             (``key`` is the prefix)         ``revision``: the header's
 status      round number (``node``: member) ``{"term": t, "leader": id}``
@@ -78,7 +79,8 @@ key's put completed (linearizable) or at a revision at or after the put's
 A kept-alive lease that lost its key later than that had a keep-alive gap
 longer than its TTL (a fault kept keep-alives from the leader): that is
 counted as ``expired_after_gap``, not an anomaly, and the workload re-creates
-the lease; or it was stopped at the end of the run (``kept_expired_after_stop``).
+the lease; or its keep-alives stopped with the run (a ``stop`` whose result is
+``end``: ``kept_expired_after_stop``).
 
 ``ET`` must be an upper bound of the cluster's election timeout; the workload
 derives one from the server's minimum TTL (``ceil(1.5 ET)``) unless told.
@@ -228,6 +230,7 @@ class _Lease:
     """The latest invocation of the grant or of an ok keep-alive with TTL > 0."""
     stopped_at: int | None = None
     """Invocation of the ``stop``: no keep-alive after it."""
+    stop_reason: str = ""
     put_called: int | None = None
     put_done: int | None = None
     put_revision: int | None = None
@@ -321,6 +324,7 @@ def check_leases(history: Sequence[Operation], *, bounds: LeaseBounds, members: 
         elif op.f == "stop":
             stats["stops"] += 1
             lease.stopped_at = op.start
+            lease.stop_reason = str(op.result or "")
     timeline = LeadershipTimeline([o for o in ops if o.f == "status"], members)
     stats["terms_with_leader"] = len(timeline.first_named)
     stats["settled_rounds"] = len(timeline.settled)
@@ -376,7 +380,7 @@ def check_leases(history: Sequence[Operation], *, bounds: LeaseBounds, members: 
                             f"done at {read.end / NS:.3f}s",
                         )
                     )
-                elif lease.stopped_at is not None and lease.stopped_at <= read.start:
+                elif lease.stop_reason == "end" and lease.stopped_at is not None:
                     expired_after_stop.add(lease.key)
                 else:
                     expired_after_gap.add(lease.key)

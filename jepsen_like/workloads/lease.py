@@ -174,13 +174,14 @@ class LeaseWorkload:
                         if h is not None:
                             held.append(h)
                     for h in list(held):
-                        if not await self._renew(ctx, client, process, h):
+                        reason = await self._renew(ctx, client, process, h)
+                        if reason is not None:
                             held.remove(h)
-                            self._stop(ctx, process, h)
+                            self._stop(ctx, process, h, reason)
                     await trio.sleep(period)
         finally:
             for h in held:
-                self._stop(ctx, process, h)
+                self._stop(ctx, process, h, "end")
 
     async def _create(
         self,
@@ -205,25 +206,28 @@ class LeaseWorkload:
             ctx.recorder.ok(op, revision=put.header.revision)
         return held
 
-    async def _renew(self, ctx: RunContext, client: Client, process: int, h: _Held) -> bool:
-        """One keep-alive, unless it is time to stop; False: stop this lease."""
+    async def _renew(self, ctx: RunContext, client: Client, process: int, h: _Held) -> str | None:
+        """One keep-alive, unless it is time to stop.  None: keep the lease;
+        else why to stop it: ``planned`` (a stopped lease's time came),
+        ``gone`` (the keep-alive said so) or ``gap`` (keep-alives failed for a
+        whole TTL, so the lease may be gone)."""
         now = trio.current_time()
         if now >= h.stop_time:
-            return False
+            return "planned"
         op = ctx.recorder.invoke(process, "keepalive", key=h.key, value=h.lease_id)
         answer = await attempt(ctx, op, lambda: client.lease_keep_alive_once(h.lease_id))
         if answer is None:
-            # The lease may be gone once no keep-alive reached the leader for a TTL.
-            return trio.current_time() - h.last_renewed < h.ttl
+            return None if trio.current_time() - h.last_renewed < h.ttl else "gap"
         ctx.recorder.ok(op, result=answer.ttl)
         if answer.ttl <= 0:
-            return False
+            return "gone"
         h.last_renewed = now
-        return True
+        return None
 
-    def _stop(self, ctx: RunContext, process: int, h: _Held) -> None:
+    def _stop(self, ctx: RunContext, process: int, h: _Held, reason: str) -> None:
+        """Record that keep-alives of ``h`` stop here, and why (``end``: the run ended)."""
         op = ctx.recorder.invoke(process, "stop", key=h.key, value=h.lease_id)
-        ctx.recorder.ok(op)
+        ctx.recorder.ok(op, result=reason)
 
     # -- Observers and the status poller ------------------------------------------------
 
