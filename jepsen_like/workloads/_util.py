@@ -1,9 +1,9 @@
-"""Helpers shared by the workloads: recording one attempt, pacing."""
+"""Helpers shared by the workloads: recording one attempt."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -40,12 +40,3 @@ async def attempt(
     except BaseException as exc:
         ctx.recorder.failed(op, exc)
         raise
-
-
-def ok(ctx: RunContext, op: Operation, **fields: Any) -> Operation:
-    """Record that ``op`` succeeded (``fields`` as for :meth:`Recorder.ok`)."""
-    return ctx.recorder.ok(op, **fields)
-
-
-def stop_reached(ctx: RunContext) -> bool:
-    return trio.current_time() >= ctx.stop_at
