@@ -96,6 +96,8 @@ class Lessor:
         self._deadline: dict[int, float] = {}
         self._ttl: dict[int, int] = {}
         self._heap: list[tuple[float, int]] = []
+        self._expiring: set[int] = set()
+        """Leases :meth:`expired` reported: their revoke is on its way."""
 
     def promote(self, leases: list[LeaseRecord], now: float, extend: float) -> None:
         """This member became leader: every lease gets its full TTL plus ``extend``."""
@@ -103,6 +105,7 @@ class Lessor:
         self._deadline.clear()
         self._ttl.clear()
         self._heap.clear()
+        self._expiring.clear()
         for record in leases:
             self._set(record.id, record.ttl, now + record.ttl + extend)
 
@@ -112,6 +115,7 @@ class Lessor:
         self._deadline.clear()
         self._ttl.clear()
         self._heap.clear()
+        self._expiring.clear()
 
     def granted(self, lease_id: int, ttl: int, now: float) -> None:
         if self.primary:
@@ -120,11 +124,16 @@ class Lessor:
     def revoked(self, lease_id: int) -> None:
         self._deadline.pop(lease_id, None)
         self._ttl.pop(lease_id, None)
+        self._expiring.discard(lease_id)
 
     def renew(self, lease_id: int, now: float) -> int | None:
-        """A keep-alive: the lease's TTL, or None if this lessor does not know it."""
+        """A keep-alive: the lease's TTL, or None if this lessor does not know it
+        or already reported it expired.  An expired lease's revoke may be on its
+        way through Raft: answering "renewed" would promise a TTL the lease will
+        not get (a keep-alive that waited in a paused leader's socket while the
+        lease expired got exactly that; etcd's lessor refuses it too)."""
         ttl = self._ttl.get(lease_id)
-        if ttl is None:
+        if ttl is None or lease_id in self._expiring:
             return None
         self._set(lease_id, ttl, now + ttl)
         return ttl
@@ -151,6 +160,7 @@ class Lessor:
         for lease_id in result:  # re-arm: retried unless the revoke lands
             heapq.heappush(self._heap, (now + 1.0, lease_id))
             self._deadline[lease_id] = now + 1.0
+            self._expiring.add(lease_id)
         return result
 
     def _set(self, lease_id: int, ttl: int, deadline: float) -> None:

@@ -231,6 +231,23 @@ def test_an_unrevoked_expiry_is_retried() -> None:
     assert lessor.expired(3.0) == [3]  # the revoke did not land: asked again
 
 
+def test_a_lease_being_revoked_is_not_renewed() -> None:
+    """Once reported expired (its revoke is on its way through Raft), a lease
+    is not renewed: a keep-alive that arrives late, e.g. after the leader was
+    paused, must not be told the lease has a full TTL ahead (found by the
+    jepsen_like lease workload under the pause nemesis)."""
+    lessor = Lessor()
+    lessor.promote([LeaseRecord(3, 2)], now=0.0, extend=0.0)
+    assert lessor.renew(3, now=1.5) == 2
+    assert lessor.expired(3.5) == [3]
+    assert lessor.renew(3, now=3.6) is None
+    assert lessor.expired(4.5) == [3]  # the revoke is still retried until it lands
+    lessor.revoked(3)
+    assert lessor.renew(3, now=4.6) is None
+    lessor.promote([LeaseRecord(3, 2)], now=10.0, extend=0.0)  # a new leader knows it afresh
+    assert lessor.renew(3, now=10.5) == 2
+
+
 @settings(max_examples=200)
 @given(
     st.lists(

@@ -6,6 +6,7 @@ or a few records read back from the store) and returns a result with a
 ``results.json`` and a readable ``describe()``.
 """
 
+from jepsen_like.checkers.lease_checker import LeaseBounds, LeaseResult, check_leases
 from jepsen_like.checkers.linearizable import (
     KeyResult,
     LinearizabilityResult,
@@ -31,6 +32,8 @@ __all__ = [
     "FencedEntry",
     "HeldInterval",
     "KeyResult",
+    "LeaseBounds",
+    "LeaseResult",
     "LinearizabilityResult",
     "LockResult",
     "Model",
@@ -42,6 +45,7 @@ __all__ = [
     "WatcherLog",
     "check_fenced_log",
     "check_key",
+    "check_leases",
     "check_linearizable",
     "check_set",
     "check_watches",
