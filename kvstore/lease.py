@@ -10,8 +10,9 @@ Two halves, as in etcd, both sans-I/O:
   Keep-alives renew it there without touching the log.  A new leader calls
   :meth:`Lessor.promote`, which gives every lease its full TTL plus one
   election timeout, so a lease never expires early because leadership moved;
-  the cost, documented for users, is that a lease may outlive its TTL by up to
-  one election timeout per leader change.  An expired lease is not deleted here:
+  the cost, documented for users, is that after a leader change a lease may
+  live until TTL plus one election timeout after that change, however little of
+  its TTL was left (no checkpoints, as etcd without lease checkpointing).  An expired lease is not deleted here:
   the server proposes a revoke through Raft, after confirming it is still the
   leader (etcd#15247: a stalled leader must not revoke every lease on waking).
 """
