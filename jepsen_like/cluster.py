@@ -15,13 +15,15 @@ parent's.
 from __future__ import annotations
 
 import ipaddress
+import random
+import socket
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from kvstore.local_cluster import ClusterError, ProcessCluster, _Member
 
-__all__ = ["AddressedCluster", "member_addresses"]
+__all__ = ["AddressedCluster", "free_shared_port", "member_addresses"]
 
 
 def member_addresses(first: str, count: int) -> list[str]:
@@ -105,3 +107,20 @@ class AddressedCluster(ProcessCluster):
                 if code is not None:
                     ended[m.name] = code
         return ended
+
+
+def free_shared_port(addresses: Sequence[str], *, low: int = 20_000, high: int = 60_000) -> int:
+    """A port ``p`` with ``p`` and ``p + 1`` free on every address now (for tests;
+    another process may take one before the members bind it)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        try:
+            for address in addresses:
+                for candidate in (port, port + 1):
+                    with socket.socket() as sock:
+                        sock.bind((address, candidate))
+        except OSError:
+            continue
+        return port
+    raise ClusterError(f"found no free port pair on {', '.join(addresses)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -59,7 +60,7 @@ def test_schedule_is_bounded_and_leaves_quiet_time_between_faults() -> None:
     plan = plan_schedule(random.Random(1), _nemeses(), MEMBERS, 60, quiet=(2, 4), hold=(2, 5))
     assert plan and all(f.at < 60 for f in plan)
     assert plan[0].at == 2.0
-    for before, after in zip(plan, plan[1:], strict=False):
+    for before, after in itertools.pairwise(plan):
         assert after.at >= before.at + before.hold + 2 - 1e-6
     assert {f.kind for f in plan} <= set(NEMESES)
     assert len(plan_schedule(random.Random(1), _nemeses(), MEMBERS, 10_000, max_faults=7)) == 7
