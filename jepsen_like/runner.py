@@ -181,6 +181,8 @@ class _Run:
                     nursery.cancel_scope.cancel()
         except* _Interrupted as group:
             raise RunError(str(group.exceptions[0])) from None
+        except* KeyboardInterrupt:
+            raise RunError("interrupted by SIGINT (Ctrl-C)") from None
         except* ClusterError as group:
             raise RunError(str(group.exceptions[0])) from None
         finally:
