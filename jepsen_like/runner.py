@@ -297,7 +297,7 @@ class _Run:
         with trio.move_on_after(RECOVERY_TIMEOUT):
             while True:
                 try:
-                    await self.cluster.wait_for_leader_async(RECOVERY_TIMEOUT)
+                    await self.cluster.wait_for_leader_async(5.0)
                     async with self._new_client() as client:
                         await client.get("jepsen/health")
                 except (ClusterError, KvError):
@@ -367,6 +367,7 @@ class _Run:
                     "chain": nemesis.firewall.chain,
                     "rules_installed": nemesis.rules_installed,
                     "packets_dropped": nemesis.packets_dropped,
+                    "chain_reinstalled": nemesis.firewall.repairs,
                 }
             if isinstance(nemesis, CorruptNemesis):
                 results["corruption"] = dict(sorted(nemesis.tally.items()))

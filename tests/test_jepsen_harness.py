@@ -304,3 +304,23 @@ def test_clean_stops_only_recorded_members_still_running_their_command(tmp_path:
         for process in (sleeper, other):
             process.kill()
             process.wait()
+
+
+@needs_iptables
+def test_block_puts_back_a_chain_something_else_flushed() -> None:
+    firewall = Firewall(chain_name("127.0.0.201"))
+    try:
+        firewall.install()
+        firewall.remove()  # as if another tool had flushed the firewall mid-run
+        assert firewall.block([("127.0.0.201", "127.0.0.202")]) == 1
+        assert firewall.repairs == 1
+        assert [(c.source, c.destination) for c in firewall.counters()] == [
+            ("127.0.0.201", "127.0.0.202")
+        ]
+        jumps = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True)
+        assert f"-j {firewall.chain}" in jumps.stdout
+        firewall.heal()
+        assert firewall.counters() == []
+    finally:
+        firewall.remove()
+    assert not firewall.exists()

@@ -109,6 +109,8 @@ class Firewall:
     def __init__(self, chain: str) -> None:
         self.chain = chain
         self.installed = False
+        self.repairs = 0
+        """How often :meth:`block` found the chain or its jump gone and put it back."""
 
     def exists(self) -> bool:
         return _run(["-n", "-L", self.chain], check=False).returncode == 0
@@ -120,9 +122,26 @@ class Firewall:
         self.installed = True
         _run(["-I", "INPUT", "1", "-j", self.chain])
 
+    def ensure_installed(self) -> bool:
+        """Create the chain and its jump if either is missing (something else on
+        the machine may have flushed the firewall); returns whether it had to."""
+        repaired = False
+        if not self.exists():
+            _run(["-N", self.chain])
+            repaired = True
+        if _run(["-C", "INPUT", "-j", self.chain], check=False).returncode != 0:
+            _run(["-I", "INPUT", "1", "-j", self.chain])
+            repaired = True
+        self.installed = True
+        return repaired
+
     def block(self, blocked: Iterable[tuple[str, str]]) -> int:
-        """Replace the chain's rules by DROP rules for ``blocked``; returns how many."""
+        """Replace the chain's rules by DROP rules for ``blocked``; returns how many.
+
+        Reinstalls the chain and its jump first if they went missing.
+        """
         rules = drop_rules(self.chain, blocked)
+        self.repairs += self.ensure_installed()
         _run(["-F", self.chain])
         for rule in rules:
             _run(rule)

@@ -73,6 +73,7 @@ class PartitionNemesis:
         self.rules_installed = 0
         self.packets_dropped = 0
         self._atexit_registered = False
+        self._active = False  # rules may be in place
 
     def unavailable_reason(self) -> str | None:
         return unavailable_reason()
@@ -124,9 +125,11 @@ class PartitionNemesis:
         event.details["blocked"] = sorted(f"{a}->{b}" for a, b in pairs)
         env.log(f"nemesis: partition {params['shape']} {' '.join(event.details['blocked'])}")
         try:
+            self._active = True
             try:
                 count = await trio.to_thread.run_sync(self.firewall.block, addresses)
             except FirewallError as exc:
+                env.log(f"nemesis: partition not applied: {exc}")
                 event.outcome, event.end = "skipped", env.now()
                 event.details["reason"] = str(exc)
                 return event
@@ -143,8 +146,11 @@ class PartitionNemesis:
 
     async def _heal(self, env: NemesisEnv) -> int:
         """Flush the chain; returns the packets its rules had dropped."""
+        self._active = False
         try:
             counters = await trio.to_thread.run_sync(self.firewall.counters)
+            if not counters:
+                env.log(f"nemesis: chain {self.firewall.chain} has no rules to heal")
             await trio.to_thread.run_sync(self.firewall.heal)
         except FirewallError as exc:
             env.log(f"nemesis: healing the partition failed: {exc}")
@@ -156,7 +162,7 @@ class PartitionNemesis:
         return dropped
 
     async def heal_all(self, env: NemesisEnv) -> None:
-        if self.firewall.installed:
+        if self._active:
             await self._heal(env)
 
     async def close(self, env: NemesisEnv) -> None:
