@@ -18,6 +18,7 @@ from jepsen_like.nemesis import NEMESES, make_nemesis, plan_schedule
 from jepsen_like.nemesis.corruption import (
     flip_snapshot_bit,
     flip_wal_bit,
+    referenced_snapshot,
     tear_wal_tail,
     wal_records,
 )
@@ -324,3 +325,17 @@ def test_block_puts_back_a_chain_something_else_flushed() -> None:
     finally:
         firewall.remove()
     assert not firewall.exists()
+
+
+def test_the_snapshot_flipped_is_the_one_the_wal_refers_to(tmp_path: Path) -> None:
+    _storage_with_snapshot(tmp_path)
+    referenced = referenced_snapshot(tmp_path)
+    assert referenced is not None and referenced.exists()
+    # A newer file the WAL never recorded (killed between writing and recording it).
+    stray = tmp_path / "snap" / "00000000000000ff-0000000000000001.snap"
+    stray.write_bytes(referenced.read_bytes())
+    assert referenced_snapshot(tmp_path) == referenced
+    for seed in range(5):
+        damage = flip_snapshot_bit(tmp_path, random.Random(seed))
+        assert damage is not None and damage.path == referenced
+        damage.restore()

@@ -8,8 +8,10 @@ header crc`` and the payload) and :mod:`raft.snapshot_file`
 * :func:`flip_wal_bit` flips one bit of a WAL record that is followed by an
   intact record, so it can never pass for a torn write: the member must
   refuse to start, naming the file;
-* :func:`flip_snapshot_bit` flips one bit of the newest snapshot file (the one
-  the WAL refers to): the member must refuse to start, naming the file;
+* :func:`flip_snapshot_bit` flips one bit of the snapshot file the WAL refers
+  to (:func:`referenced_snapshot`; a newer file may exist unreferenced when the
+  member was killed between writing it and recording it, and is never read):
+  the member must refuse to start, naming the file;
 * :func:`tear_wal_tail` cuts a few bytes off the last record of the last
   segment, as a crash in the middle of a write would: the member must recover
   (drop the partial record) and start.
@@ -28,10 +30,16 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
+from raft.snapshot_file import snapshot_name
+from raft.wal import InstallSnapshotRecord, Record, SegmentStart, SnapshotRecord
+
 __all__ = [
     "Corruption",
     "flip_snapshot_bit",
     "flip_wal_bit",
+    "referenced_snapshot",
     "tear_wal_tail",
     "wal_records",
 ]
@@ -109,12 +117,34 @@ def flip_wal_bit(raft_dir: Path, rng: random.Random) -> Corruption | None:
     return _flip(path, offset, rng.randrange(8), "flip-wal", what)
 
 
+def referenced_snapshot(raft_dir: Path) -> Path | None:
+    """The snapshot file the WAL refers to (read-only replay of the intact
+    records: the snapshot with the highest index any record names), or ``None``."""
+    decoder = msgspec.msgpack.Decoder(Record)
+    best = None
+    for path in _segments(raft_dir):
+        data = path.read_bytes()
+        for offset, size in wal_records(data):
+            try:
+                record = decoder.decode(data[offset + _WAL_HEADER.size : offset + size])
+            except msgspec.DecodeError:
+                break
+            if isinstance(record, SegmentStart):
+                meta = record.snapshot
+            elif isinstance(record, SnapshotRecord | InstallSnapshotRecord):
+                meta = record.meta
+            else:
+                continue
+            if meta.index > 0 and (best is None or meta.index >= best.index):
+                best = meta
+    return None if best is None else raft_dir / "snap" / snapshot_name(best)
+
+
 def flip_snapshot_bit(raft_dir: Path, rng: random.Random) -> Corruption | None:
-    """Flip one bit of the newest snapshot file."""
-    snapshots = sorted((raft_dir / "snap").glob("*.snap"))
-    if not snapshots:
+    """Flip one bit of the snapshot file the WAL refers to."""
+    path = referenced_snapshot(raft_dir)
+    if path is None or not path.exists():
         return None
-    path = snapshots[-1]
     size = path.stat().st_size
     if size == 0:
         return None
