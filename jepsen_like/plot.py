@@ -70,7 +70,7 @@ def plot_latency(
     try:
         shaded: set[str] = set()
         for fault in faults:
-            if fault.outcome == "skipped" or fault.end is None:
+            if fault.outcome in ("skipped", "error") or fault.end is None:
                 continue
             label = None if fault.kind in shaded else fault.kind
             shaded.add(fault.kind)

@@ -23,6 +23,7 @@ there is no anomaly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -43,7 +44,7 @@ from jepsen_like.cluster import AddressedCluster, member_addresses
 from jepsen_like.nemesis import FaultEvent, Nemesis, NemesisEnv, PlannedFault, make_nemesis
 from jepsen_like.nemesis.base import plan_schedule
 from jepsen_like.nemesis.corrupt import CorruptNemesis
-from jepsen_like.nemesis.iptables import chain_name
+from jepsen_like.nemesis.iptables import FirewallError, chain_name
 from jepsen_like.nemesis.partition import PartitionNemesis
 from jepsen_like.plot import plot_latency
 from jepsen_like.workload import CheckerReport, Recorder, RunContext, Workload
@@ -162,6 +163,7 @@ class _Run:
         self.anomalies: list[str] = []
         self.timeline: dict[str, float] = {}
         self.recovery: dict[str, Any] = {}
+        self.schedule: list[PlannedFault] = []
         self._clients = itertools.count()
 
     # -- The run ----------------------------------------------------------------------
@@ -216,6 +218,7 @@ class _Run:
         plan = plan_schedule(
             random.Random(f"{cfg.seed}/nemesis"), self.nemeses, self.cluster.names, cfg.time
         )
+        self.schedule = plan
         start = trio.current_time()
         ctx.stop_at = start + cfg.time
         self.timeline["workload_start"] = self.env.now()
@@ -258,7 +261,14 @@ class _Run:
             if now >= end:
                 break
             held = PlannedFault(fault.at, fault.kind, fault.params, min(fault.hold, end - now))
-            event = await by_name[fault.kind].apply(self.env, held)
+            try:
+                event = await by_name[fault.kind].apply(self.env, held)
+            except (ClusterError, FirewallError, OSError) as exc:
+                # The fault could not be carried out (e.g. the member exited meanwhile).
+                self.log(f"nemesis: {fault.kind} failed: {exc}")
+                event = FaultEvent(fault.kind, "error", [], self.env.now(), self.env.now())
+                event.outcome = "error"
+                event.details = {"chosen": fault.params, "reason": str(exc)}
             self.faults.append(event)
             if event.anomaly:
                 self.log(f"ANOMALY: {event.anomaly}")
@@ -272,8 +282,8 @@ class _Run:
             )
             for name, code in exits.items():
                 message = f"member {name} exited on its own with code {code}"
-                line = self.cluster.member(name).log_path
-                self.log(f"ANOMALY: {message} (log: {line})")
+                log_path = self.cluster.member(name).log_path
+                self.log(f"ANOMALY: {message} (log: {log_path})")
                 self.anomalies.append(message)
 
     async def _heal_all(self) -> None:
@@ -356,6 +366,7 @@ class _Run:
             },
             "operations": counts,
             "faults": [e.as_json() for e in self.faults],
+            "schedule": [dataclasses.asdict(f) for f in self.schedule],
             "fault_counts": dict(sorted(fault_counts.items())),
             "anomalies": self.anomalies,
             "recovery": self.recovery,

@@ -47,8 +47,8 @@ class FaultEvent:
     """A fault as it happened, for ``results.json`` and the plot.
 
     Times are seconds on the history's clock (:meth:`Recorder.now_ns` / 1e9).
-    ``outcome`` is ``"applied"``, ``"skipped"`` (with the reason in
-    ``details``), or for corruption ``"refused"`` / ``"recovered"`` /
+    ``outcome`` is ``"applied"``, ``"skipped"`` or ``"error"`` (not carried
+    out, with the reason in ``details``), or for corruption ``"refused"`` / ``"recovered"`` /
     ``"undetected"``.  ``anomaly`` is set when the fault revealed a bug.
     """
 
