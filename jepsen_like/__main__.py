@@ -13,6 +13,7 @@ line it prints.  Errors are one ``Error:`` line (exit 1), usage errors exit 2.
 from __future__ import annotations
 
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import click
@@ -21,6 +22,13 @@ from cli.errors import CliError, KvctlGroup
 from jepsen_like.nemesis import NEMESES
 from jepsen_like.runner import RunConfig, RunError, remove_leftovers, run
 from jepsen_like.workloads import WORKLOADS
+
+
+def available_workloads() -> list[str]:
+    """Names of the registered workloads whose module is present."""
+    return sorted(
+        name for name, target in WORKLOADS.items() if find_spec(target.split(":")[0]) is not None
+    )
 
 
 def _echo(line: str) -> None:
@@ -51,7 +59,7 @@ def main() -> None:
 @click.option(
     "--workload",
     "-w",
-    type=click.Choice(sorted(WORKLOADS)),
+    type=click.Choice(available_workloads()),
     required=True,
     help="What the clients do (and which checker judges it).",
 )
