@@ -1,0 +1,158 @@
+"""The corrupt nemesis: damage a stopped member's files, restart it, judge the outcome.
+
+One fault: SIGKILL a member, damage its data directory (see
+:mod:`jepsen_like.nemesis.corruption`), start it again, then
+
+* after a flipped bit (WAL record or snapshot): the member must **refuse** to
+  start: exit with a non-zero status and an error naming the damaged file.
+  Then the original bytes are put back and it must start.  If it starts on
+  the damaged files, the corruption went **undetected**: it is stopped at
+  once and the run fails (an anomaly);
+* after a torn tail: it must **recover** (drop the partial record) and start,
+  then catch up from the leader.
+
+The event's ``outcome`` is ``refused``, ``recovered`` or ``undetected``;
+:attr:`CorruptNemesis.tally` counts them for ``results.json``.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import trio
+
+from jepsen_like.nemesis.base import FaultEvent, NemesisEnv, PlannedFault
+from jepsen_like.nemesis.corruption import (
+    Corruption,
+    flip_snapshot_bit,
+    flip_wal_bit,
+    tear_wal_tail,
+)
+from kvstore.local_cluster import ClusterError
+
+__all__ = ["MODES", "CorruptNemesis"]
+
+MODES = ("flip-wal", "flip-snap", "torn-tail")
+RESTART_TIMEOUT = 30.0
+
+
+class CorruptNemesis:
+    """Kill, corrupt, restart, check, restore."""
+
+    name: ClassVar[str] = "corrupt"
+
+    def __init__(self) -> None:
+        self.tally: Counter[str] = Counter()
+        self._pending: dict[str, Corruption] = {}  # member -> damage not yet undone
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def choose(self, rng: random.Random, members: Sequence[str]) -> dict[str, Any]:
+        return {
+            "target": rng.choice(list(members)),
+            "mode": rng.choice(MODES),
+            "seed": rng.randrange(2**32),
+        }
+
+    async def prepare(self, env: NemesisEnv) -> None:
+        return None
+
+    async def apply(self, env: NemesisEnv, fault: PlannedFault) -> FaultEvent:
+        target: str = fault.params["target"]
+        mode: str = fault.params["mode"]
+        event = FaultEvent("corrupt", mode, [target], env.now(), details={"chosen": fault.params})
+        if env.cluster.pid_of(target) is None:
+            event.outcome, event.end = "skipped", env.now()
+            event.details["reason"] = f"{target} not running"
+            return event
+        env.busy.add(target)
+        try:
+            with trio.CancelScope(shield=True):  # never leave a member down or damaged
+                await self._corrupt_and_check(env, event, target, mode, fault.params["seed"])
+        finally:
+            env.busy.discard(target)
+        event.end = env.now()
+        self.tally[event.outcome] += 1
+        return event
+
+    async def _corrupt_and_check(
+        self, env: NemesisEnv, event: FaultEvent, target: str, mode: str, seed: int
+    ) -> None:
+        cluster = env.cluster
+        env.log(f"nemesis: kill -9 {target} to corrupt it ({mode})")
+        await trio.to_thread.run_sync(cluster.kill, target, signal.SIGKILL)
+        raft_dir = cluster.member(target).data_dir / "raft"
+        rng = random.Random(seed)
+        damage = _damage(mode, raft_dir, rng)
+        if damage is None and mode == "flip-snap":
+            event.details["note"] = "no snapshot file yet: flipped a WAL bit instead"
+            damage = flip_wal_bit(raft_dir, rng)
+        if damage is None:
+            event.outcome = "skipped"
+            event.details["reason"] = "nothing to damage"
+            await self._start(env, target)
+            return
+        event.action = damage.mode
+        self._pending[target] = damage
+        event.details.update(file=str(damage.path), damage=damage.description)
+        env.log(f"nemesis: {damage.path.name}: {damage.description}; restarting {target}")
+        error = await self._start(env, target)
+        if damage.mode == "torn-tail":
+            self._pending.pop(target, None)
+            if error is None:
+                event.outcome = "recovered"
+            else:
+                event.outcome = "failed"
+                event.anomaly = f"{target} did not recover from a torn WAL tail: {error}"
+            return
+        if error is None:
+            event.outcome = "undetected"
+            event.anomaly = f"{target} started on a corrupt {damage.path} ({damage.description})"
+            await trio.to_thread.run_sync(cluster.kill, target, signal.SIGKILL)
+        else:
+            event.outcome = "refused"
+            event.details["exit_code"] = cluster.exit_code(target)
+            event.details["error"] = error[-500:]
+            if damage.path.name not in error:
+                event.anomaly = (
+                    f"{target} refused to start but its error does not name {damage.path.name}"
+                )
+        env.log(f"nemesis: {target} {event.outcome}; restoring {damage.path.name}")
+        damage.restore()
+        self._pending.pop(target, None)
+        restore_error = await self._start(env, target)
+        if restore_error is not None and event.anomaly is None:
+            event.anomaly = f"{target} did not start after its files were restored: {restore_error}"
+
+    async def _start(self, env: NemesisEnv, target: str) -> str | None:
+        """Start ``target``; ``None`` if it serves, else why it did not."""
+        try:
+            await trio.to_thread.run_sync(env.cluster.restart, target, RESTART_TIMEOUT)
+        except ClusterError as exc:
+            return str(exc)
+        return None
+
+    async def heal_all(self, env: NemesisEnv) -> None:
+        for target, damage in list(self._pending.items()):
+            if env.cluster.pid_of(target) is None:
+                damage.restore()
+                self._pending.pop(target)
+                await self._start(env, target)
+
+    async def close(self, env: NemesisEnv) -> None:
+        return None
+
+
+def _damage(mode: str, raft_dir: Any, rng: random.Random) -> Corruption | None:
+    if mode == "flip-wal":
+        return flip_wal_bit(raft_dir, rng)
+    if mode == "flip-snap":
+        return flip_snapshot_bit(raft_dir, rng)
+    if mode == "torn-tail":
+        return tear_wal_tail(raft_dir, rng)
+    raise ValueError(f"unknown corruption mode {mode!r}")
