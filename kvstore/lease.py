@@ -12,9 +12,10 @@ Two halves, as in etcd, both sans-I/O:
   election timeout, so a lease never expires early because leadership moved;
   the cost, documented for users, is that after a leader change a lease may
   live until TTL plus one election timeout after that change, however little of
-  its TTL was left (no checkpoints, as etcd without lease checkpointing).  An expired lease is not deleted here:
-  the server proposes a revoke through Raft, after confirming it is still the
-  leader (etcd#15247: a stalled leader must not revoke every lease on waking).
+  its TTL was left (no checkpoints, as etcd without lease checkpointing).  An
+  expired lease is not deleted here: the server proposes a revoke through
+  Raft, after confirming it is still the leader (etcd#15247: a stalled leader
+  must not revoke every lease on waking).
 """
 
 from __future__ import annotations
