@@ -32,6 +32,7 @@ RUNS = [
     pytest.param("register", "partition", 1, id="register+partition"),
     pytest.param("register", "kill", 2, id="register+kill"),
     pytest.param("set", "pause", 3, id="set+pause"),
+    pytest.param("watch", "kill", 4, id="watch+kill"),
 ]
 
 
