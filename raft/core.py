@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from raft import quorum
 from raft.errors import ProposalDropped, ReadIndexDropped, RequestDropped
 from raft.log import RaftLog
+from raft.membership import ConfChange, ConfChangeError, complete_change, conf_change_entry
 from raft.messages import (
     NONE,
     AppendEntries,
     AppendResponse,
+    ConfState,
     Entry,
+    EntryType,
     HardState,
     Heartbeat,
     HeartbeatResponse,
@@ -126,6 +129,8 @@ class Status:
     lead_transferee: int
     progress: dict[int, PeerStatus]
     """Per-peer replication state; filled on the leader only."""
+    voters: frozenset[int] = frozenset()
+    learners: frozenset[int] = frozenset()
 
 
 class RaftCore:
@@ -136,10 +141,13 @@ class RaftCore:
         self._config = config
         self._id = config.id
         self._rng = rng
-        hard_state, conf = storage.initial_state()
+        hard_state, _ = storage.initial_state()
         self.log = RaftLog(storage, config.applied)
+        conf = self.log.confs.current()
         self._voters = frozenset(conf.voters)
         self._learners = frozenset(conf.learners)
+        self._conf_version = self.log.confs.version
+        self._prev_conf = conf
 
         self._term = hard_state.term
         self._vote = hard_state.vote
@@ -197,6 +205,20 @@ class RaftCore:
     def learners(self) -> frozenset[int]:
         return self._learners
 
+    def conf_state(self) -> ConfState:
+        """The membership in effect: the latest configuration in the log,
+        committed or not (see :mod:`raft.membership`)."""
+        return self.log.confs.current()
+
+    def conf_state_at(self, index: int) -> ConfState:
+        """The membership after the entry at ``index`` (for snapshot metadata)."""
+        return self.log.confs.at(index)
+
+    def conf_context(self) -> bytes:
+        """The context of the newest conf change in the log (b"" if none since
+        the latest snapshot or the bootstrap)."""
+        return self.log.confs.context()
+
     def status(self) -> Status:
         progress: dict[int, PeerStatus] = {}
         if self._role is Role.LEADER:
@@ -215,6 +237,8 @@ class RaftCore:
             last_index=self.log.last_index(),
             lead_transferee=self._lead_transferee,
             progress=progress,
+            voters=self._voters,
+            learners=self._learners,
         )
 
     # -- Inputs -------------------------------------------------------------------
@@ -258,6 +282,38 @@ class RaftCore:
         self._forward_buffer.append(Entry(term=0, index=0, data=data))
         return None
 
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a membership change on the leader; returns its index.
+
+        The change takes effect at once, on append (see :mod:`raft.membership`
+        for why that is safe).  Raises :class:`ProposalDropped` (definitely not
+        appended) on a follower (changes are not forwarded: the caller goes to
+        the leader named in the error), during a leadership transfer, before
+        the leader has committed an entry of its own term, while a previous
+        change is not yet committed and applied, or when ``change`` is not
+        valid against the current configuration.
+        """
+        self._check_no_ready_outstanding()
+        if self._role is not Role.LEADER:
+            raise ProposalDropped("not the leader", leader=self._leader)
+        if self._lead_transferee != NONE:
+            raise ProposalDropped("leadership transfer in progress", leader=self._id)
+        if not self._committed_in_current_term():
+            raise ProposalDropped(
+                "the leader has not yet committed an entry of its term", leader=self._id
+            )
+        if self.log.confs.last_change_index() > self.log.applied:
+            raise ProposalDropped("another membership change is in progress", leader=self._id)
+        try:
+            change = complete_change(self.log.confs.current(), change)
+        except ConfChangeError as error:
+            raise ProposalDropped(str(error), leader=self._id) from None
+        index = self.log.last_index() + 1
+        self.log.append([conf_change_entry(self._term, index, change)])
+        self._sync_conf()
+        self._broadcast_pending = True
+        return index
+
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point, identified by ``context``.
 
@@ -300,6 +356,12 @@ class RaftCore:
         if message.to != self._id:
             log.warning("node %d ignoring message addressed to %d", self._id, message.to)
             return
+        if message.frm in self.log.confs.removed_through(self.log.committed):
+            # Its removal is committed: it can never be a member again (ids are
+            # never reused), and a removed node that missed its removal must not
+            # disrupt the cluster with ever higher terms.
+            log.debug("node %d ignoring message from removed node %d", self._id, message.frm)
+            return
         if message.term > self._term:
             if not self._accept_higher_term(message):
                 return
@@ -315,6 +377,7 @@ class RaftCore:
             self._step_follower(message)
         else:
             self._step_candidate(message)
+        self._maybe_step_down_removed()
 
     # -- Output -------------------------------------------------------------------
 
@@ -331,6 +394,7 @@ class RaftCore:
             or self.log.committed > self.log.applied
             or self._soft_state() != self._prev_soft
             or self._hard_state() != self._prev_hard
+            or self.log.confs.current() != self._prev_conf
         )
 
     def ready(self) -> Ready:
@@ -339,6 +403,7 @@ class RaftCore:
         self._flush()
         soft = self._soft_state()
         hard = self._hard_state()
+        conf = self.log.confs.current()
         entries = list(self.log.unstable)
         ready = Ready(
             soft_state=soft if soft != self._prev_soft else None,
@@ -355,7 +420,9 @@ class RaftCore:
             or hard.term != self._prev_hard.term
             or hard.vote != self._prev_hard.vote,
             snapshot=self.log.pending_snapshot,
+            conf_state=conf if conf != self._prev_conf else None,
         )
+        self._prev_conf = conf
         self._messages = []
         self._persisted_messages = []
         self._read_states = []
@@ -378,6 +445,65 @@ class RaftCore:
                     self._broadcast_pending = True
         if ready.committed_entries:
             self.log.applied_to(ready.committed_entries[-1].index)
+        self._maybe_step_down_removed()
+
+    # -- Membership -----------------------------------------------------------------
+
+    def _sync_conf(self) -> None:
+        """Adopt the latest configuration in the log after it was appended to,
+        truncated or replaced by a snapshot."""
+        confs = self.log.confs
+        if confs.version == self._conf_version:
+            return
+        self._conf_version = confs.version
+        conf = confs.current()
+        voters, learners = frozenset(conf.voters), frozenset(conf.learners)
+        if voters == self._voters and learners == self._learners:
+            return
+        log.info(
+            "node %d: configuration is now voters %s learners %s",
+            self._id,
+            sorted(voters),
+            sorted(learners),
+        )
+        self._voters, self._learners = voters, learners
+        if self._role is not Role.LEADER:
+            return
+        members = voters | learners
+        for peer in list(self._progress):
+            if peer not in members and peer != self._id:
+                del self._progress[peer]
+        for peer in sorted(members):
+            progress = self._progress.get(peer)
+            if progress is None:
+                progress = Progress(
+                    self.log.last_index() + 1, self._config.max_inflight_msgs, peer in learners
+                )
+                self._progress[peer] = progress
+            progress.is_learner = peer in learners
+        if self._lead_transferee != NONE and self._lead_transferee not in voters:
+            self._lead_transferee = NONE
+        if self._maybe_commit():
+            self._broadcast_pending = True
+
+    def _maybe_step_down_removed(self) -> None:
+        """A leader no longer among the voters manages the cluster until its
+        removal is committed (Raft dissertation §4.2.2), then tells everyone
+        the commit, hands over to an up-to-date voter and steps down."""
+        if (
+            self._role is not Role.LEADER
+            or self._id in self._voters
+            or self.log.confs.last_change_index() > self.log.committed
+        ):
+            return
+        log.info("node %d: removal committed, stepping down", self._id)
+        self._broadcast_heartbeat(0)
+        last = self.log.last_index()
+        for peer in sorted(self._voters):
+            if self._progress[peer].match == last:
+                self._send(TimeoutNow(frm=self._id, to=peer, term=self._term))
+                break
+        self._become_follower(self._term, NONE)
 
     # -- Role transitions -----------------------------------------------------------
 
@@ -399,10 +525,9 @@ class RaftCore:
         next_index = self.log.last_index() + 1
         self._progress = {
             peer: Progress(next_index, self._config.max_inflight_msgs, peer in self._learners)
-            for peer in self._voters | self._learners
+            for peer in self._voters | self._learners | {self._id}
         }
-        if self._id in self._progress:
-            self._progress[self._id].match = self.log.stable_last_index()
+        self._progress[self._id].match = self.log.stable_last_index()
 
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)
@@ -432,8 +557,23 @@ class RaftCore:
         self.log.append([Entry(term=self._term, index=self.log.last_index() + 1)])
         self._broadcast_pending = True
 
+    def _can_campaign(self) -> bool:
+        """A voter may campaign; so may a node whose own removal is the latest,
+        still uncommitted, change in its log.  Without that exception a
+        removed leader that lost its quorum could leave the cluster stuck: the
+        remaining voters lack the removal entry, so their logs are behind its
+        log and it refuses them its vote, while it may not campaign itself.
+        Votes are counted in the latest configuration (which excludes it), so
+        election safety is that of any candidate; once elected it commits its
+        removal and steps down."""
+        if self._id in self._voters:
+            return True
+        confs = self.log.confs
+        last = confs.last_change_index()
+        return last > self.log.committed and self._id in confs.at(last - 1).voters
+
     def _hup(self, transfer: bool) -> None:
-        if self._role is Role.LEADER or self._id not in self._voters:
+        if self._role is Role.LEADER or not self._can_campaign():
             return
         self._campaign(pre_vote=self._config.pre_vote and not transfer, transfer=transfer)
 
@@ -476,7 +616,10 @@ class RaftCore:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_election_timeout:
+        # A non-voter never campaigns; its clock keeps running, so that once
+        # its leader is silent for an election timeout it no longer ignores
+        # vote requests as "in the leader's lease" (etcd does the same).
+        if self._can_campaign() and self._election_elapsed >= self._randomized_election_timeout:
             self._election_elapsed = 0
             self._hup(transfer=False)
 
@@ -598,11 +741,15 @@ class RaftCore:
             if self._lead_transferee != NONE:
                 log.debug("node %d dropping forwarded proposals: transfer in progress", self._id)
                 return
+            # Membership changes are never forwarded: they are validated on the leader.
+            forwarded = [e for e in message.entries if e.type is EntryType.NORMAL]
+            if not forwarded:
+                return
             index = self.log.last_index()
             self.log.append(
                 [
-                    Entry(term=self._term, index=index + offset, data=entry.data, type=entry.type)
-                    for offset, entry in enumerate(message.entries, start=1)
+                    Entry(term=self._term, index=index + offset, data=entry.data)
+                    for offset, entry in enumerate(forwarded, start=1)
                 ]
             )
             self._broadcast_pending = True
@@ -893,6 +1040,7 @@ class RaftCore:
         last_new = self.log.maybe_append(
             message.prev_index, message.prev_term, message.commit, message.entries
         )
+        self._sync_conf()
         if last_new is not None:
             self._send(
                 AppendResponse(frm=self._id, to=message.frm, term=self._term, index=last_new)
@@ -966,8 +1114,7 @@ class RaftCore:
             snapshot.meta.term,
         )
         self.log.restore(snapshot)
-        self._voters = frozenset(snapshot.meta.conf.voters)
-        self._learners = frozenset(snapshot.meta.conf.learners)
+        self._sync_conf()
 
     def _handle_heartbeat(self, message: Heartbeat) -> None:
         self.log.commit_to(message.commit)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from raft.messages import Entry, HardState, Message, Snapshot
+from raft.messages import ConfState, Entry, HardState, Message, Snapshot
 
 
 class Role(enum.Enum):
@@ -78,3 +78,7 @@ class Ready:
     """A snapshot received from the leader: persist it before the entries (it
     replaces the log up to its index) and restore the state machine from it
     before applying the committed entries."""
+    conf_state: ConfState | None = None
+    """Set when the membership in effect changed since the previous Ready (a
+    conf change was appended, truncated, or came with a snapshot): the driver
+    connects to new members and drops removed ones."""
