@@ -223,6 +223,40 @@ class WatchProgressRequest(_Message, tag="watch_progress"):
     """Ask every watch on this connection for a progress notification now."""
 
 
+class MemberAddRequest(_Message, tag="member_add"):
+    """Add a member that will listen for peers on ``peer_url`` (``host:port``).
+    Served by the leader; the answer names the new member's id."""
+
+    name: str
+    peer_url: str
+    is_learner: bool = False
+
+
+class MemberRemoveRequest(_Message, tag="member_remove"):
+    """Remove member ``id`` (the leader first hands leadership over if it is
+    the one removed).  Its id is never used again."""
+
+    id: int
+
+
+class MemberPromoteRequest(_Message, tag="member_promote"):
+    """Make learner ``id`` a voter; refused until it has caught up with the leader."""
+
+    id: int
+
+
+class MemberListRequest(_Message, tag="member_list"):
+    """Every member; ``linearizable`` confirms the table with the leader first."""
+
+    linearizable: bool = True
+
+
+class MoveLeaderRequest(_Message, tag="move_leader"):
+    """Hand leadership to voter ``target_id``; answered once it leads."""
+
+    target_id: int
+
+
 RequestOp = RangeRequest | PutRequest | DeleteRangeRequest | TxnRequest
 """What a txn may contain."""
 
@@ -241,6 +275,11 @@ Request = (
     | WatchCreateRequest
     | WatchCancelRequest
     | WatchProgressRequest
+    | MemberAddRequest
+    | MemberRemoveRequest
+    | MemberPromoteRequest
+    | MemberListRequest
+    | MoveLeaderRequest
 )
 """Every request a client may send."""
 
@@ -356,6 +395,47 @@ class WatchResponse(_Message, tag="watch"):
     events: list[Event] = msgspec.field(default_factory=list)
 
 
+class Member(_Message):
+    """One member as ``member list`` shows it.  ``client_url`` is empty while
+    the answering member has not heard from it; ``status`` is ``started`` once
+    it has, ``unstarted`` before (a member added but not yet running)."""
+
+    id: int
+    name: str
+    peer_url: str
+    client_url: str = ""
+    is_learner: bool = False
+    status: str = ""
+
+
+class MemberAddResponse(_Message, tag="member_add"):
+    header: ResponseHeader
+    member: Member
+    members: list[Member]
+    cluster_id: int = 0
+
+
+class MemberRemoveResponse(_Message, tag="member_remove"):
+    header: ResponseHeader
+    members: list[Member]
+
+
+class MemberPromoteResponse(_Message, tag="member_promote"):
+    header: ResponseHeader
+    members: list[Member]
+
+
+class MemberListResponse(_Message, tag="member_list"):
+    header: ResponseHeader
+    members: list[Member]
+    leader: int = 0
+
+
+class MoveLeaderResponse(_Message, tag="move_leader"):
+    header: ResponseHeader
+    leader: int = 0
+
+
 ResponseOp = RangeResponse | PutResponse | DeleteRangeResponse | TxnResponse
 
 Response = (
@@ -371,6 +451,11 @@ Response = (
     | LeaseTimeToLiveResponse
     | LeaseLeasesResponse
     | WatchResponse
+    | MemberAddResponse
+    | MemberRemoveResponse
+    | MemberPromoteResponse
+    | MemberListResponse
+    | MoveLeaderResponse
 )
 
 
@@ -392,6 +477,11 @@ class ErrorCode(enum.StrEnum):
     NOT_LEADER = "not_leader"
     MALFORMED = "malformed"
     UNKNOWN_REQUEST = "unknown_request"
+    MEMBER_NOT_FOUND = "member_not_found"
+    MEMBER_EXISTS = "member_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    """The cluster is not in a state to do it now (a learner not caught up, a
+    membership change already in progress...); the message says which."""
     # Indefinite unless stated otherwise: the outcome is unknown.
     TIMEOUT = "timeout"
     LEADER_CHANGED = "leader_changed"

@@ -160,6 +160,8 @@ class RaftCore:
         self._randomized_election_timeout = config.election_tick
         self._lead_transferee = NONE
         self._transfer_elapsed = 0
+        self._removed_elapsed = 0
+        """Leader: ticks spent replicating to removed peers (see _prune_removed_progress)."""
         self._read_only = ReadOnly()
         self._reads_awaiting_commit: list[tuple[int, bytes]] = []
         self._snapshot_receiver: SnapshotReceiver | None = None
@@ -377,6 +379,7 @@ class RaftCore:
             self._step_follower(message)
         else:
             self._step_candidate(message)
+        self._prune_removed_progress()
         self._maybe_step_down_removed()
 
     # -- Output -------------------------------------------------------------------
@@ -445,6 +448,7 @@ class RaftCore:
                     self._broadcast_pending = True
         if ready.committed_entries:
             self.log.applied_to(ready.committed_entries[-1].index)
+        self._prune_removed_progress()
         self._maybe_step_down_removed()
 
     # -- Membership -----------------------------------------------------------------
@@ -469,10 +473,10 @@ class RaftCore:
         self._voters, self._learners = voters, learners
         if self._role is not Role.LEADER:
             return
+        # A removed peer keeps its progress (it counts for nothing) until its
+        # removal commits, so it receives the entry that removes it and can
+        # shut itself down; see _prune_removed_progress.
         members = voters | learners
-        for peer in list(self._progress):
-            if peer not in members and peer != self._id:
-                del self._progress[peer]
         for peer in sorted(members):
             progress = self._progress.get(peer)
             if progress is None:
@@ -485,6 +489,30 @@ class RaftCore:
             self._lead_transferee = NONE
         if self._maybe_commit():
             self._broadcast_pending = True
+
+    def _prune_removed_progress(self, give_up: bool = False) -> None:
+        """Once the latest change is committed, stop replicating to each
+        removed peer that holds its removal, telling it the commit index one
+        last time (it then knows it was removed); with ``give_up``, also to
+        those that never acknowledged it (down, or cut off)."""
+        if self._role is not Role.LEADER:
+            return
+        last_change = self.log.confs.last_change_index()
+        if last_change > self.log.committed:
+            return
+        members = self._voters | self._learners | {self._id}
+        for peer in sorted(set(self._progress) - members):
+            if self._progress[peer].match < last_change and not give_up:
+                continue
+            progress = self._progress.pop(peer)
+            self._send(
+                Heartbeat(
+                    frm=self._id,
+                    to=peer,
+                    term=self._term,
+                    commit=min(progress.match, self.log.committed),
+                )
+            )
 
     def _maybe_step_down_removed(self) -> None:
         """A leader no longer among the voters manages the cluster until its
@@ -632,6 +660,11 @@ class RaftCore:
                 log.info("node %d: no quorum heard within an election timeout", self._id)
                 self._become_follower(self._term, NONE)
                 return
+        if len(self._progress) > len(self._voters | self._learners | {self._id}):
+            self._removed_elapsed += 1
+            if self._removed_elapsed >= 2 * self._config.election_tick:
+                self._removed_elapsed = 0
+                self._prune_removed_progress(give_up=True)
         if self._lead_transferee != NONE:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self._config.election_tick:

@@ -280,3 +280,17 @@ def test_grow_from_one_to_five_and_shrink_to_three() -> None:
     c.check_liveness()
     for node in (3, 4, 5):
         assert all(f"after-{k}".encode() in c.nodes[node].applied_data for k in (2, 3, 4, 5))
+
+
+def test_removed_node_receives_its_removal_and_learns_it_committed() -> None:
+    """The leader keeps replicating to a removed peer until the removal
+    commits, then tells it the commit: the member can then shut itself down."""
+    c = cluster(spares=0)
+    leader = c.await_leader()
+    victim = next(i for i in (1, 2, 3) if i != leader)
+    index = change(c, REMOVE, victim)
+    settle(c, 5)
+    victim_core = c.core(victim)
+    assert victim_core.log.committed >= index
+    assert victim not in victim_core.voters
+    assert index in {e.index for e in c.nodes[victim].state}
