@@ -12,7 +12,7 @@ safety is checked per term whatever configuration each node used.  At the
 end the cluster is healed and the members of the leader's configuration must
 elect a leader, apply new proposals and answer reads.
 
-Sizing: ``KVSTORE_MEMBERSHIP_EXAMPLES`` (default 150) examples of up to
+Sizing: ``KVSTORE_MEMBERSHIP_EXAMPLES`` (default 300) examples of up to
 ``KVSTORE_MEMBERSHIP_STEPS`` (default 80) rules.
 """
 
@@ -30,7 +30,7 @@ from raft.ready import Role
 from raft.sim import Cluster, SafetyChecker
 from tests.test_sim_properties import ELECTION_TICK, RaftSimulation, _bucket, nodes, step
 
-EXAMPLES = int(os.environ.get("KVSTORE_MEMBERSHIP_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("KVSTORE_MEMBERSHIP_EXAMPLES", "300"))
 STEPS = int(os.environ.get("KVSTORE_MEMBERSHIP_STEPS", "80"))
 TOTAL_NODES = 5
 
