@@ -217,3 +217,47 @@ def test_followers_send_membership_requests_to_the_leader() -> None:
                 assert len(listed.members) == 3
 
     trio.run(main)
+
+
+def test_new_member_catches_up_through_a_snapshot_and_survives_a_restart() -> None:
+    """The leader has compacted its log: the member joins through
+    InstallSnapshot (Raft configuration from the snapshot metadata, member
+    table from the state machine image), then restarts from its own disk."""
+
+    async def main() -> None:
+        options = {"snapshot_count": 40, "snapshot_catchup_entries": 5}
+        async with in_process_cluster(size=3, **options) as cluster:
+            peer_url = cluster.reserve("n4")
+            async with cluster.client() as client:
+                for n in range(120):
+                    await client.put(f"k{n:03d}", str(n))
+                leader = cluster.members[await cluster.leader()]
+                assert leader.node is not None
+                assert leader.node.storage.first_index() > 1, "the log was compacted"
+                member_id = await add_member_with(cluster, client, "n4", peer_url)
+                member = cluster.members["n4"]
+                assert member.node is not None
+                with trio.fail_after(10):
+                    while member.state.status().keys < 120:
+                        await trio.sleep(0.01)
+                assert {m.name for m in member.member_table().members} == {"n1", "n2", "n3", "n4"}
+                await cluster.kill("n4")
+                member = await cluster.restart("n4")
+                assert member.id == member_id
+                assert member.node is not None
+                assert member_id in member.node.conf_state().voters
+                await client.put("after-restart", "x")
+                with trio.fail_after(10):
+                    while member.state.status().keys < 121:
+                        await trio.sleep(0.01)
+
+    trio.run(main)
+
+
+async def add_member_with(
+    cluster: InProcessCluster, client: Client, name: str, peer_url: str
+) -> int:
+    added = await client.member_add(name, peer_url, learner=True)
+    await cluster.join(name, added.member.id, added.cluster_id)
+    await promote_when_ready(client, added.member.id)
+    return added.member.id
