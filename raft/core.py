@@ -2,11 +2,16 @@
 
 :class:`RaftCore` follows the shape of etcd-io/raft.  Its only inputs are
 :meth:`~RaftCore.tick`, :meth:`~RaftCore.step`, :meth:`~RaftCore.propose`,
-:meth:`~RaftCore.read_index`, :meth:`~RaftCore.transfer_leadership` and
-:meth:`~RaftCore.campaign`; it reads no clock (time is the number of ticks),
-opens no socket or file, and draws randomness only from the injected
-``random.Random``.  Same state + same inputs => same outputs, which is what lets
-the simulator in :mod:`raft.sim` replay any schedule from a seed.
+:meth:`~RaftCore.read_index`, :meth:`~RaftCore.transfer_leadership`,
+:meth:`~RaftCore.propose_conf_change` and :meth:`~RaftCore.campaign`; it
+reads no clock (time is the number of ticks), opens no socket or file, and
+draws randomness only from the injected ``random.Random``.  Same state + same
+inputs => same outputs, which is what lets the simulator in :mod:`raft.sim`
+replay any schedule from a seed.
+
+Membership changes go through the log one server at a time and take effect
+when appended; :mod:`raft.membership` explains why that is safe and which rules
+the core enforces for it.
 
 Its output is a :class:`~raft.ready.Ready`.  **Durability contract**: nothing
 that depends on a vote or on an appended entry leaves the node before the driver

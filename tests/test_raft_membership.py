@@ -17,6 +17,7 @@ from raft.membership import ConfChange, ConfChangeType, complete_change, conf_ch
 from raft.messages import ConfState, Entry, RequestVote, TimeoutNow
 from raft.ready import Role
 from raft.sim import Cluster
+from raft.sim.wal_disk import WALDiskFactory
 
 ADD_VOTER, ADD_LEARNER, REMOVE, PROMOTE = (
     ConfChangeType.ADD_VOTER,
@@ -294,3 +295,31 @@ def test_removed_node_receives_its_removal_and_learns_it_committed() -> None:
     assert victim_core.log.committed >= index
     assert victim not in victim_core.voters
     assert index in {e.index for e in c.nodes[victim].state}
+
+
+def test_configuration_survives_crashes_on_the_real_wal() -> None:
+    """On the real WAL and snapshot files (simulated disk with fsync
+    semantics): the configuration comes back from snapshot metadata plus the
+    conf changes in the log, on every node, after every crash."""
+    disks = WALDiskFactory(7)
+    try:
+        c = Cluster(3, 7, spares=2, config=Config(id=1, election_tick=5), disk_factory=disks)
+        change(c, ADD_LEARNER, 4)
+        settle(c, 5)
+        change(c, PROMOTE, 4)
+        for node in c.up():
+            c.compact(node)  # the snapshots record {1, 2, 3, 4}
+        change(c, ADD_LEARNER, 5)
+        leader = c.await_leader()
+        victim = next(i for i in (1, 2, 3) if i != leader)
+        change(c, REMOVE, victim)
+        settle(c, 5)
+        for node in c.up():
+            c.crash(node)
+            c.restart(node)
+        expected = ({1, 2, 3, 4} - {victim}, {5})
+        for node in set(range(1, 6)) - {victim}:
+            assert (c.core(node).voters, c.core(node).learners) == expected
+        c.check_liveness()
+    finally:
+        disks.close()
