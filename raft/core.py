@@ -363,7 +363,8 @@ class RaftCore:
         if message.to != self._id:
             log.warning("node %d ignoring message addressed to %d", self._id, message.to)
             return
-        if message.frm in self.log.confs.removed_through(self.log.committed):
+        confs = self.log.confs
+        if confs.last_change_index() and message.frm in confs.removed_through(self.log.committed):
             # Its removal is committed: it can never be a member again (ids are
             # never reused), and a removed node that missed its removal must not
             # disrupt the cluster with ever higher terms.
@@ -500,7 +501,7 @@ class RaftCore:
         removed peer that holds its removal, telling it the commit index one
         last time (it then knows it was removed); with ``give_up``, also to
         those that never acknowledged it (down, or cut off)."""
-        if self._role is not Role.LEADER:
+        if self._role is not Role.LEADER or len(self._progress) == self._members_with_self():
             return
         last_change = self.log.confs.last_change_index()
         if last_change > self.log.committed:
@@ -518,6 +519,10 @@ class RaftCore:
                     commit=min(progress.match, self.log.committed),
                 )
             )
+
+    def _members_with_self(self) -> int:
+        """How many peers the leader tracks when no removed peer is left."""
+        return len(self._voters) + len(self._learners) + (self._id not in self._voters)
 
     def _maybe_step_down_removed(self) -> None:
         """A leader no longer among the voters manages the cluster until its
@@ -665,7 +670,7 @@ class RaftCore:
                 log.info("node %d: no quorum heard within an election timeout", self._id)
                 self._become_follower(self._term, NONE)
                 return
-        if len(self._progress) > len(self._voters | self._learners | {self._id}):
+        if len(self._progress) > self._members_with_self():
             self._removed_elapsed += 1
             if self._removed_elapsed >= 2 * self._config.election_tick:
                 self._removed_elapsed = 0

@@ -157,6 +157,7 @@ class ConfLog:
         self.base_index = base_index
         self._changes: list[tuple[int, ConfState, ConfChange]] = []
         self.version = 0
+        self._removed_cache: tuple[tuple[int, int], frozenset[int]] = ((-1, -1), frozenset())
 
     def current(self) -> ConfState:
         return self._changes[-1][1] if self._changes else self.base
@@ -181,8 +182,15 @@ class ConfLog:
         """The context of the newest conf change in the log (b"" if none since the base)."""
         return self._changes[-1][2].context if self._changes else b""
 
-    def removed_through(self, index: int) -> set[int]:
-        """Nodes removed by a change at or before ``index`` (and not re-added since)."""
+    def removed_through(self, index: int) -> frozenset[int]:
+        """Nodes removed by a change at or before ``index`` (and not re-added
+        since).  Cached: the core asks for every message it receives."""
+        key = (index, self.version)
+        if self._removed_cache[0] != key:
+            self._removed_cache = (key, frozenset(self._removed_through(index)))
+        return self._removed_cache[1]
+
+    def _removed_through(self, index: int) -> set[int]:
         removed: set[int] = set()
         for change_index, _, change in self._changes:
             if change_index > index:
