@@ -3,6 +3,9 @@
 The contract, in order (the driver must not feed the core any other input
 between :meth:`RaftCore.ready` and :meth:`RaftCore.advance`):
 
+0. If :attr:`Ready.conf_state` is set the membership changed: be ready to
+   reach new members (and stop reaching removed ones once they are told)
+   before sending anything.
 1. Send :attr:`Ready.messages` at any time, even before persisting: they are
    the leader's replication traffic, which depends on nothing it has not
    already made durable (Raft thesis §10.2.1: a leader may write its own log in
