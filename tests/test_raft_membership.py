@@ -323,3 +323,20 @@ def test_configuration_survives_crashes_on_the_real_wal() -> None:
         c.check_liveness()
     finally:
         disks.close()
+
+
+def test_learners_count_for_neither_check_quorum_nor_read_index() -> None:
+    """Voters {1, 2} and learner 3: with the other voter cut off, the learner's
+    answers confirm no read, and the leader steps down (CheckQuorum) although
+    the learner still answers it."""
+    c = Cluster(2, 5, spares=1, config=Config(id=1, election_tick=5, check_quorum=True))
+    change(c, ADD_LEARNER, 3)
+    leader = c.await_leader()
+    other = 2 if leader == 1 else 1
+    c.cut(leader, other)
+    c.cut(other, leader)
+    assert c.read_index(leader, b"read")
+    settle(c, 3)
+    assert b"read" not in c.nodes[leader].read_results
+    settle(c, 3 * 5)
+    assert c.core(leader).role is not Role.LEADER
