@@ -364,10 +364,15 @@ class RaftCore:
             log.warning("node %d ignoring message addressed to %d", self._id, message.to)
             return
         confs = self.log.confs
-        if confs.last_change_index() and message.frm in confs.removed_through(self.log.committed):
+        if (
+            confs.last_change_index()
+            and message.frm in confs.removed_through(self.log.committed)
+            and not isinstance(message, TimeoutNow)
+        ):
             # Its removal is committed: it can never be a member again (ids are
             # never reused), and a removed node that missed its removal must not
-            # disrupt the cluster with ever higher terms.
+            # disrupt the cluster with ever higher terms.  (TimeoutNow is the
+            # removed leader handing over as it steps down: still welcome.)
             log.debug("node %d ignoring message from removed node %d", self._id, message.frm)
             return
         if message.term > self._term:
