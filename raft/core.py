@@ -367,12 +367,14 @@ class RaftCore:
         if (
             confs.last_change_index()
             and message.frm in confs.removed_through(self.log.committed)
+            and message.frm not in self._voters
+            and message.frm not in self._learners
             and not isinstance(message, TimeoutNow)
         ):
-            # Its removal is committed: it can never be a member again (ids are
-            # never reused), and a removed node that missed its removal must not
-            # disrupt the cluster with ever higher terms.  (TimeoutNow is the
-            # removed leader handing over as it steps down: still welcome.)
+            # Its removal is committed and it is not (back) in the configuration:
+            # a removed node that missed its removal must not disrupt the
+            # cluster with ever higher terms.  (TimeoutNow is the removed
+            # leader handing over as it steps down: still welcome.)
             log.debug("node %d ignoring message from removed node %d", self._id, message.frm)
             return
         if message.term > self._term:

@@ -339,3 +339,19 @@ def test_learners_count_for_neither_check_quorum_nor_read_index() -> None:
     assert b"read" not in c.nodes[leader].read_results
     settle(c, 3 * 5)
     assert c.core(leader).role is not Role.LEADER
+
+
+def test_a_removed_id_added_back_is_heard_again() -> None:
+    """The core does not forbid re-adding an id (the member layer never does
+    it); if it happens, the node's answers count again at once: voters {1}
+    re-adding 2 need 2's acknowledgement to commit the change itself."""
+    c = Cluster(2, 9, config=Config(id=1, election_tick=5))
+    leader = c.await_leader()
+    other = 2 if leader == 1 else 1
+    change(c, REMOVE, other)
+    settle(c, 5)
+    change(c, ADD_VOTER, other)
+    settle(c, 5)
+    assert c.core(leader).voters == {1, 2}
+    assert c.core(leader).log.committed == c.core(leader).log.last_index()
+    c.check_liveness()
