@@ -313,9 +313,10 @@ class Member:
         self._refresh_peers()
 
     def _refresh_peers(self) -> None:
-        """Dial every member we know an address for (Raft sends only to the
+        """Dial every member we know an address for: Raft sends only to the
         members of its configuration, and to a removed one until it learnt of
-        its removal), but never a member removed before this member started."""
+        its removal; a removed member's address is forgotten two election
+        timeouts after its removal was applied (:meth:`_drop_peer_later`)."""
         transport = self._transport
         if transport is None:
             return
