@@ -365,17 +365,19 @@ class RaftCore:
             return
         confs = self.log.confs
         if (
-            confs.last_change_index()
+            isinstance(message, RequestVote)
+            and confs.last_change_index()
             and message.frm in confs.removed_through(self.log.committed)
             and message.frm not in self._voters
             and message.frm not in self._learners
-            and not isinstance(message, TimeoutNow)
         ):
             # Its removal is committed and it is not (back) in the configuration:
             # a removed node that missed its removal must not disrupt the
-            # cluster with ever higher terms.  (TimeoutNow is the removed
-            # leader handing over as it steps down: still welcome.)
-            log.debug("node %d ignoring message from removed node %d", self._id, message.frm)
+            # cluster with ever higher terms.  Only its vote requests are
+            # ignored: anything else from a higher term can only come from a
+            # legitimate leader (of a configuration that added it back, which
+            # a lagging node must hear to learn that).
+            log.debug("node %d ignoring vote request of removed node %d", self._id, message.frm)
             return
         if message.term > self._term:
             if not self._accept_higher_term(message):
