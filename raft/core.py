@@ -179,6 +179,8 @@ class RaftCore:
         self._ready_outstanding = False
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._prev_hard = hard_state
+        self._durable_term = hard_state.term
+        """The term the driver has reported persisted (see :meth:`_send`)."""
 
         self._become_follower(self._term, NONE)
 
@@ -452,6 +454,8 @@ class RaftCore:
     def advance(self, ready: Ready) -> None:
         """The driver has persisted, sent and applied ``ready``."""
         self._ready_outstanding = False
+        if ready.hard_state is not None:
+            self._durable_term = ready.hard_state.term
         if ready.snapshot is not None:
             self.log.stable_snapshot_to(ready.snapshot.meta.index)
         if ready.entries:
@@ -1179,7 +1183,16 @@ class RaftCore:
     # -- Plumbing ---------------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
-        if self._role is Role.LEADER and isinstance(message, _LEADER_TRAFFIC):
+        # A leader's own traffic may leave before its disk write only once its
+        # term is durable.  Elected by others, it is (its vote requests waited
+        # for it); a lone voter elects itself at once, and its first appends
+        # (to learners, say) must not carry a term a crash could forget, or a
+        # second leadership of that term could reuse (index, term) pairs.
+        if (
+            self._role is Role.LEADER
+            and isinstance(message, _LEADER_TRAFFIC)
+            and self._durable_term == self._term
+        ):
             self._messages.append(message)
         else:
             self._persisted_messages.append(message)

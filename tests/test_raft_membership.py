@@ -9,12 +9,12 @@ member started with ``--initial-cluster-state existing`` does.
 from __future__ import annotations
 
 import pytest
-from raft_helpers import ack, append, become_leader, drive, make_core, only
+from raft_helpers import ack, append, become_leader, drive, make_core, only, storage_of
 
 from raft.core import Config
 from raft.errors import ProposalDropped
 from raft.membership import ConfChange, ConfChangeType, complete_change, conf_change_entry
-from raft.messages import ConfState, Entry, RequestVote
+from raft.messages import AppendEntries, ConfState, Entry, RequestVote
 from raft.ready import Role
 from raft.sim import Cluster
 from raft.sim.wal_disk import WALDiskFactory
@@ -355,3 +355,21 @@ def test_a_removed_id_added_back_is_heard_again() -> None:
     assert c.core(leader).voters == {1, 2}
     assert c.core(leader).log.committed == c.core(leader).log.last_index()
     c.check_liveness()
+
+
+def test_a_lone_voter_sends_nothing_before_its_term_is_durable() -> None:
+    """A single voter elects itself without asking anyone, so its term is not
+    yet on disk when it first appends: its AppendEntries to a learner must
+    wait for the persist step, or a crash could let it lead the same term
+    again with different entries at the same indexes."""
+    leader = make_core(1, peers=(1,))
+    become_leader(leader)
+    drive(leader)
+    leader.propose_conf_change(ConfChange(ADD_LEARNER, 2))
+    drive(leader)
+    restarted = make_core(1, peers=(1,), storage=storage_of(leader))
+    restarted.campaign()
+    rd = restarted.ready()
+    assert rd.hard_state is not None and rd.hard_state.term == leader.term + 1
+    assert not only(rd.messages, AppendEntries), "sent before the new term is durable"
+    assert only(rd.persisted_messages, AppendEntries)
