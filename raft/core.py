@@ -181,6 +181,8 @@ class RaftCore:
         self._prev_hard = hard_state
         self._durable_term = hard_state.term
         """The term the driver has reported persisted (see :meth:`_send`)."""
+        self._won_when_durable = False
+        """Candidate elected by its own vote alone, waiting for it to be durable."""
 
         self._become_follower(self._term, NONE)
 
@@ -456,6 +458,13 @@ class RaftCore:
         self._ready_outstanding = False
         if ready.hard_state is not None:
             self._durable_term = ready.hard_state.term
+            if (
+                self._won_when_durable
+                and self._role is Role.CANDIDATE
+                and self._durable_term == self._term
+            ):
+                self._won_when_durable = False
+                self._become_leader()
         if ready.snapshot is not None:
             self.log.stable_snapshot_to(ready.snapshot.meta.index)
         if ready.entries:
@@ -570,6 +579,7 @@ class RaftCore:
         )
         self._lead_transferee = NONE
         self._votes = {}
+        self._won_when_durable = False
         self._read_only.reset()
         self._reads_awaiting_commit = []
         self._broadcast_pending = False
@@ -637,6 +647,12 @@ class RaftCore:
             vote_term = self._term
         self._votes[self._id] = True
         if self._tally() is quorum.VoteResult.WON:
+            if not pre_vote and self._durable_term != self._term:
+                # A lone voter won on its own vote: it leads only once that
+                # vote (and its term) is durable (see advance), or a crash
+                # could let it lead the same term twice with different logs.
+                self._won_when_durable = True
+                return
             self._on_election_won(pre_vote, transfer)
             return
         last_index = self.log.last_index()

@@ -357,11 +357,11 @@ def test_a_removed_id_added_back_is_heard_again() -> None:
     c.check_liveness()
 
 
-def test_a_lone_voter_sends_nothing_before_its_term_is_durable() -> None:
-    """A single voter elects itself without asking anyone, so its term is not
-    yet on disk when it first appends: its AppendEntries to a learner must
-    wait for the persist step, or a crash could let it lead the same term
-    again with different entries at the same indexes."""
+def test_a_lone_voter_leads_only_once_its_term_is_durable() -> None:
+    """A single voter elects itself without asking anyone: it becomes leader
+    (and sends its learners anything) only once its vote for the new term is
+    durable, or a crash could let it lead the same term twice with different
+    entries at the same indexes."""
     leader = make_core(1, peers=(1,))
     become_leader(leader)
     drive(leader)
@@ -371,5 +371,10 @@ def test_a_lone_voter_sends_nothing_before_its_term_is_durable() -> None:
     restarted.campaign()
     rd = restarted.ready()
     assert rd.hard_state is not None and rd.hard_state.term == leader.term + 1
-    assert not only(rd.messages, AppendEntries), "sent before the new term is durable"
-    assert only(rd.persisted_messages, AppendEntries)
+    assert restarted.role is Role.CANDIDATE
+    assert not only(rd.messages + rd.persisted_messages, AppendEntries)
+    storage_of(restarted).persist(rd)
+    restarted.advance(rd)
+    assert restarted.role is Role.LEADER
+    out = drive(restarted)
+    assert only(out.messages, AppendEntries, to=2)
