@@ -24,6 +24,7 @@ import click
 import trio
 
 from cli.errors import CliError
+from cli.member_command import member_id_callback
 from kvstore.config import MemberConfig, format_address, parse_address, parse_initial_cluster
 from kvstore.server import Member
 
@@ -60,6 +61,27 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
     help="NAME=HOST:PORT,... peer address of every initial member.  [default: NAME=listen-peer]",
 )
 @click.option("--initial-cluster-token", default="kvstore", show_default=True)
+@click.option(
+    "--initial-cluster-state",
+    type=click.Choice(["new", "existing"]),
+    default="new",
+    show_default=True,
+    envvar="KVCTL_INITIAL_CLUSTER_STATE",
+    help="'existing' to join a running cluster this member was added to "
+    "('kvctl member add' prints the flags).",
+)
+@click.option(
+    "--member-id",
+    callback=member_id_callback,
+    envvar="KVCTL_MEMBER_ID",
+    help="With --initial-cluster-state existing: the id 'member add' gave this member (hex).",
+)
+@click.option(
+    "--cluster-id",
+    callback=member_id_callback,
+    envvar="KVCTL_CLUSTER_ID",
+    help="With --initial-cluster-state existing: the id of the cluster joined (hex).",
+)
 @click.option("--tick-ms", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--election-ticks", type=click.IntRange(min=2), default=10, show_default=True)
 @click.option(
@@ -91,6 +113,9 @@ def server(
     listen_metrics: str | None,
     initial_cluster: str | None,
     initial_cluster_token: str,
+    initial_cluster_state: str,
+    member_id: int,
+    cluster_id: int,
     tick_ms: int,
     election_ticks: int,
     snapshot_count: int,
@@ -109,6 +134,9 @@ def server(
             parse_initial_cluster(initial_cluster) if initial_cluster else {name: peer}
         ),
         cluster_token=initial_cluster_token,
+        initial_cluster_state=initial_cluster_state,
+        join_member_id=member_id,
+        join_cluster_id=cluster_id,
         tick_interval=tick_ms / 1000,
         election_ticks=election_ticks,
         snapshot_count=snapshot_count,
@@ -173,7 +201,17 @@ async def serve(config: MemberConfig) -> None:
     """Run a member until the first SIGINT or SIGTERM, then stop it cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            member: Member = await nursery.start(Member(config).run)
+
+            async def run_member(
+                task_status: trio.TaskStatus[Member] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                running = Member(config)
+                await running.run(task_status=task_status)
+                if running.removed:
+                    log.warning("member %s was removed from the cluster", config.name)
+                nursery.cancel_scope.cancel()
+
+            member: Member = await nursery.start(run_member)
             log.info(
                 "member %s ready (id %x, cluster %x)", member.name, member.id, member.cluster_id
             )

@@ -244,6 +244,40 @@ class SnapshotRequest(_Message, tag="snapshot"):
     serializable: bool = False
 
 
+class MemberAddRequest(_Message, tag="member_add"):
+    """Add a member that will listen for peers on ``peer_url`` (``host:port``).
+    Served by the leader; the answer names the new member's id."""
+
+    name: str
+    peer_url: str
+    is_learner: bool = False
+
+
+class MemberRemoveRequest(_Message, tag="member_remove"):
+    """Remove member ``id`` (the leader first hands leadership over if it is
+    the one removed).  Its id is never used again."""
+
+    id: int
+
+
+class MemberPromoteRequest(_Message, tag="member_promote"):
+    """Make learner ``id`` a voter; refused until it has caught up with the leader."""
+
+    id: int
+
+
+class MemberListRequest(_Message, tag="member_list"):
+    """Every member; ``linearizable`` confirms the table with the leader first."""
+
+    linearizable: bool = True
+
+
+class MoveLeaderRequest(_Message, tag="move_leader"):
+    """Hand leadership to voter ``target_id``; answered once it leads."""
+
+    target_id: int
+
+
 RequestOp = RangeRequest | PutRequest | DeleteRangeRequest | TxnRequest
 """What a txn may contain."""
 
@@ -263,6 +297,11 @@ Request = (
     | WatchCancelRequest
     | WatchProgressRequest
     | SnapshotRequest
+    | MemberAddRequest
+    | MemberRemoveRequest
+    | MemberPromoteRequest
+    | MemberListRequest
+    | MoveLeaderRequest
 )
 """Every request a client may send."""
 
@@ -409,6 +448,47 @@ class SnapshotResponse(_Message, tag="snapshot"):
     sha256: bytes = b""
 
 
+class Member(_Message):
+    """One member as ``member list`` shows it.  ``client_url`` is empty while
+    the answering member has not heard from it; ``status`` is ``started`` once
+    it has, ``unstarted`` before (a member added but not yet running)."""
+
+    id: int
+    name: str
+    peer_url: str
+    client_url: str = ""
+    is_learner: bool = False
+    status: str = ""
+
+
+class MemberAddResponse(_Message, tag="member_add"):
+    header: ResponseHeader
+    member: Member
+    members: list[Member]
+    cluster_id: int = 0
+
+
+class MemberRemoveResponse(_Message, tag="member_remove"):
+    header: ResponseHeader
+    members: list[Member]
+
+
+class MemberPromoteResponse(_Message, tag="member_promote"):
+    header: ResponseHeader
+    members: list[Member]
+
+
+class MemberListResponse(_Message, tag="member_list"):
+    header: ResponseHeader
+    members: list[Member]
+    leader: int = 0
+
+
+class MoveLeaderResponse(_Message, tag="move_leader"):
+    header: ResponseHeader
+    leader: int = 0
+
+
 ResponseOp = RangeResponse | PutResponse | DeleteRangeResponse | TxnResponse
 
 Response = (
@@ -425,6 +505,11 @@ Response = (
     | LeaseLeasesResponse
     | WatchResponse
     | SnapshotResponse
+    | MemberAddResponse
+    | MemberRemoveResponse
+    | MemberPromoteResponse
+    | MemberListResponse
+    | MoveLeaderResponse
 )
 
 
@@ -446,6 +531,11 @@ class ErrorCode(enum.StrEnum):
     NOT_LEADER = "not_leader"
     MALFORMED = "malformed"
     UNKNOWN_REQUEST = "unknown_request"
+    MEMBER_NOT_FOUND = "member_not_found"
+    MEMBER_EXISTS = "member_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    """The cluster is not in a state to do it now (a learner not caught up, a
+    membership change already in progress...); the message says which."""
     # Indefinite unless stated otherwise: the outcome is unknown.
     TIMEOUT = "timeout"
     LEADER_CHANGED = "leader_changed"

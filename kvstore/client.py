@@ -88,6 +88,16 @@ from kvstore.api import (
     LeaseRevokeResponse,
     LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
+    MemberAddRequest,
+    MemberAddResponse,
+    MemberListRequest,
+    MemberListResponse,
+    MemberPromoteRequest,
+    MemberPromoteResponse,
+    MemberRemoveRequest,
+    MemberRemoveResponse,
+    MoveLeaderRequest,
+    MoveLeaderResponse,
     PutResponse,
     RangeRequest,
     RangeResponse,
@@ -208,6 +218,9 @@ _EXCEPTIONS: dict[ErrorCode, type[KvError]] = {
     ErrorCode.LEASE_NOT_FOUND: InvalidRequest,
     ErrorCode.MALFORMED: InvalidRequest,
     ErrorCode.UNKNOWN_REQUEST: InvalidRequest,
+    ErrorCode.MEMBER_NOT_FOUND: InvalidRequest,
+    ErrorCode.MEMBER_EXISTS: InvalidRequest,
+    ErrorCode.FAILED_PRECONDITION: InvalidRequest,
     ErrorCode.COMPACTED: CompactedError,
     ErrorCode.NO_LEADER: NoLeaderError,
     ErrorCode.NOT_LEADER: NoLeaderError,
@@ -279,7 +292,9 @@ def _is_read(request: Request) -> bool:
         | LeaseKeepAliveRequest
         | LeaseTimeToLiveRequest
         | LeaseLeasesRequest
-        | SnapshotRequest,
+        | SnapshotRequest
+        | MemberListRequest
+        | MoveLeaderRequest,
     ):
         return True
     if isinstance(request, TxnRequest):
@@ -750,6 +765,37 @@ class Client:
     async def lease_leases(self) -> LeaseLeasesResponse:
         """The ids of every live lease."""
         return _expect(await self.request(LeaseLeasesRequest()), LeaseLeasesResponse)
+
+    # -- Membership ---------------------------------------------------------------------
+
+    async def member_add(
+        self, name: str, peer_url: str, *, learner: bool = False
+    ) -> MemberAddResponse:
+        """Add a member that will listen for peers on ``peer_url``
+        (``host:port``); the answer has its new id and the cluster id to start
+        it with (``--initial-cluster-state existing``).  Not retried once sent:
+        may raise :class:`OutcomeUnknown`."""
+        request = MemberAddRequest(name=name, peer_url=peer_url, is_learner=learner)
+        return _expect(await self.request(request), MemberAddResponse)
+
+    async def member_remove(self, id: int) -> MemberRemoveResponse:
+        """Remove member ``id`` (removing the leader hands leadership over first)."""
+        return _expect(await self.request(MemberRemoveRequest(id=id)), MemberRemoveResponse)
+
+    async def member_promote(self, id: int) -> MemberPromoteResponse:
+        """Make learner ``id`` a voter; :class:`InvalidRequest`
+        (``failed_precondition``) until it has caught up with the leader."""
+        return _expect(await self.request(MemberPromoteRequest(id=id)), MemberPromoteResponse)
+
+    async def member_list(self, linearizable: bool = True) -> MemberListResponse:
+        request = MemberListRequest(linearizable=linearizable)
+        return _expect(await self.request(request), MemberListResponse)
+
+    async def move_leader(self, target_id: int) -> MoveLeaderResponse:
+        """Hand leadership to voter ``target_id``; returns once it leads."""
+        return _expect(
+            await self.request(MoveLeaderRequest(target_id=target_id)), MoveLeaderResponse
+        )
 
     # -- Watch --------------------------------------------------------------------------
 
@@ -1429,6 +1475,11 @@ class SyncClient:
     lease_time_to_live = _blocking(Client.lease_time_to_live)
     lease_leases = _blocking(Client.lease_leases)
     save_snapshot = _blocking(Client.save_snapshot)
+    member_add = _blocking(Client.member_add)
+    member_remove = _blocking(Client.member_remove)
+    member_promote = _blocking(Client.member_promote)
+    member_list = _blocking(Client.member_list)
+    move_leader = _blocking(Client.move_leader)
 
     def watch(
         self,

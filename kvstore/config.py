@@ -109,6 +109,15 @@ class MemberConfig:
     listen_metrics: Address | None = None
     """Where to serve HTTP ``/metrics`` and ``/health`` (port 0: any free port);
     ``None`` serves neither (the metrics are still kept, in ``Member.metrics``)."""
+    initial_cluster_state: str = "new"
+    """``new``: bootstrap a cluster of ``initial_cluster``.  ``existing``: join a
+    running cluster this member was added to (``kvctl member add``): start
+    with no configuration, wait for the leader to contact it and catch up
+    through snapshot and log.  Ignored once the data directory holds state."""
+    join_member_id: int = 0
+    """With ``existing``: the id ``member add`` gave this member."""
+    join_cluster_id: int = 0
+    """With ``existing``: the id of the cluster joined."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -121,13 +130,31 @@ class MemberConfig:
             raise ConfigError("the election timeout must be longer than the heartbeat")
         if self.tick_interval <= 0 or self.request_timeout <= 0:
             raise ConfigError("tick interval and request timeout must be positive")
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise ConfigError(
+                f"initial cluster state {self.initial_cluster_state!r} is not 'new' or 'existing'"
+            )
+        if self.joining and (self.join_member_id <= 0 or self.join_cluster_id <= 0):
+            raise ConfigError(
+                "joining an existing cluster needs the member id and cluster id "
+                "that 'kvctl member add' printed"
+            )
+
+    @property
+    def joining(self) -> bool:
+        """Started to join an existing cluster rather than bootstrap one."""
+        return self.initial_cluster_state == "existing"
 
     @property
     def member_id(self) -> int:
+        if self.join_member_id:
+            return self.join_member_id
         return member_id(self.cluster_token, self.name)
 
     @property
     def cluster_id(self) -> int:
+        if self.join_cluster_id:
+            return self.join_cluster_id
         return cluster_id(self.cluster_token, self.initial_cluster)
 
     @property

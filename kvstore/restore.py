@@ -36,7 +36,9 @@ from pathlib import Path
 
 from kvstore.backup import Backup, BackupError, load_backup
 from kvstore.config import Address, MemberConfig
+from kvstore.membership import MemberTable
 from kvstore.server import open_storage
+from kvstore.state_machine import KVStateMachine
 from raft.disk_storage import DiskStorage
 from raft.messages import ConfState, HardState, SnapshotMeta
 from raft.wal import fsync_directory
@@ -129,6 +131,7 @@ def _write_member(config: MemberConfig, backup: Backup) -> None:
     """Bootstrap the member's Raft storage and install the backup as its
     snapshot, durably; then read it back."""
     index = backup.header.raft_index
+    payload = _without_member_table(backup.payload)
     conf = ConfState(voters=tuple(sorted(config.peer_ids)))
     meta = SnapshotMeta(index=index, term=RESTORED_TERM, conf=conf)
     storage = open_storage(config)
@@ -137,7 +140,7 @@ def _write_member(config: MemberConfig, backup: Backup) -> None:
     with storage:
         if storage.last_index() != 0 or storage.snapshot_meta().index != 0:
             raise BackupError(f"{config.data_dir} already holds Raft state")
-        storage.save_snapshot(meta, backup.payload)
+        storage.save_snapshot(meta, payload)
         storage.apply_snapshot(meta)
         storage.set_hard_state(HardState(term=RESTORED_TERM, commit=index))
     with DiskStorage(storage.directory, keep_entries=None) as reopened:
@@ -146,13 +149,23 @@ def _write_member(config: MemberConfig, backup: Backup) -> None:
         first_index = reopened.first_index()
     if (
         snapshot.meta != meta
-        or snapshot.data != backup.payload
+        or snapshot.data != payload
         or stored_conf != conf
         or hard_state.commit != index
         or first_index != index + 1
     ):
         raise BackupError(f"the restored data directory {config.data_dir} did not read back")
     _fsync_tree(Path(config.data_dir or ""))
+
+
+def _without_member_table(payload: bytes) -> bytes:
+    """The backed-up state with the old cluster's member table dropped: the new
+    cluster's members are its initial cluster (each member's bootstrap table),
+    and ids removed from the old cluster mean nothing to it."""
+    state = KVStateMachine()
+    state.restore(payload)
+    state.members = MemberTable()
+    return state.snapshot()
 
 
 def _fsync_tree(root: Path) -> None:

@@ -20,7 +20,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import msgspec
@@ -30,9 +30,23 @@ from kvstore import api
 from kvstore.api import Error, ErrorCode, Request, Response
 from kvstore.commands import Command, WriteRequest, encode_command
 from kvstore.compactor import PeriodicCompactor, RevisionCompactor
-from kvstore.config import Address, MemberConfig, format_address
+from kvstore.config import (
+    Address,
+    ConfigError,
+    MemberConfig,
+    format_address,
+    parse_address,
+)
+from kvstore.config import member_id as member_id_of
 from kvstore.lease import Lessor, minimum_ttl
 from kvstore.listener import serve_clients
+from kvstore.membership import (
+    MemberRecord,
+    MemberTable,
+    decode_table,
+    encode_table,
+    new_member_id,
+)
 from kvstore.metrics import MemberMetrics
 from kvstore.metrics_http import serve_metrics
 from kvstore.snapshot_stream import chunk_bytes_for, snapshot_messages
@@ -43,7 +57,8 @@ from kvstore.watch_stream import WatchStream
 from raft.core import Config
 from raft.disk_storage import DiskStorage
 from raft.errors import ProposalDropped, ReadIndexDropped, RequestDropped
-from raft.messages import ConfState
+from raft.membership import ConfChange, ConfChangeType, decode_conf_change
+from raft.messages import ConfState, EntryType
 from raft.node import NodeConfig, RaftNode
 from raft.ready import Role
 from raft.storage import MemoryStorage
@@ -55,6 +70,9 @@ VERSION = "0.1.0"
 
 MAX_CONCURRENT_SNAPSHOTS = 2
 """Snapshot streams a member serves at once (each holds a copy of the state)."""
+LEARNER_READY_PERCENT = 90
+"""A learner may be promoted once it holds this share of the leader's log
+(etcd's ``readyPercentThreshold``)."""
 
 
 class _PendingWrite:
@@ -94,6 +112,18 @@ class Member:
         self.metrics = MemberMetrics(self, VERSION)
         self.metrics_address: Address | None = None
         """Where ``/metrics`` and ``/health`` are served, once running (None: nowhere)."""
+        self._conf = ConfState()
+        """The Raft configuration in effect (voters and learners)."""
+        self._addresses: dict[int, Address] = {} if config.joining else dict(config.peer_ids)
+        """Peer address of every member heard of (from the member table, or
+        from a peer that dialled us while we were joining)."""
+        self._membership_lock = trio.Lock()
+        self.removed = False
+        """This member was removed from the cluster and stopped."""
+        self._run_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._dropped_peers: set[int] = set()
+        """Removed members no longer dialled (see :meth:`_drop_peer_later`)."""
 
     # -- Life cycle ---------------------------------------------------------------------
 
@@ -115,14 +145,17 @@ class Member:
                     config.max_connection_requests,
                     self.metrics.requests.observe,
                 )
+                self._run_scope = nursery.cancel_scope
+                self._nursery = nursery
                 transport = TcpTransport(
                     self.id,
                     config.listen_peer,
-                    config.peer_ids,
+                    {i: a for i, a in self._addresses.items() if i != self.id},
                     cluster_id=self.cluster_id,
                     metadata=format_address(self.client_address).encode(),
                     observer=self.metrics.raft,
                 )
+                transport.on_hello = self._on_peer_hello
                 self._transport = transport
                 node_config = NodeConfig(
                     raft=Config(
@@ -138,9 +171,10 @@ class Member:
                 node = RaftNode(
                     node_config, storage, transport, random.Random(), observer=self.metrics.raft
                 )
+                node.conf_listener = self._on_conf
                 await nursery.start(node.run)
                 self.node = node
-                if set(config.peer_ids) == {self.id}:
+                if not config.joining and set(config.peer_ids) == {self.id}:
                     node.campaign()  # alone: no need to wait out an election timeout
                 self.peer_address = (config.listen_peer[0], transport.bound_port)
                 nursery.start_soon(self._apply_loop)
@@ -185,8 +219,15 @@ class Member:
                 log.info(
                     "member %s restored a snapshot at %d", self.name, batch.snapshot.meta.index
                 )
+            if batch.snapshot is not None:
+                self._learn_addresses(self.state.members)
+                self._refresh_peers()
+                self._schedule_drops(self.state.members)
             started = time.perf_counter()
             for entry in batch.entries:
+                if entry.type is EntryType.CONF_CHANGE:
+                    self._apply_conf_change(entry.index, entry.data)
+                    continue
                 result = self.state.apply(entry.index, entry.data)
                 if result is None or result.command is None:
                     continue
@@ -208,6 +249,374 @@ class Member:
                 data = self.state.snapshot()
                 await node.save_snapshot(applied, data)
                 metrics.snapshot_saved(time.perf_counter() - started, len(data))
+
+    # -- Membership -------------------------------------------------------------------
+
+    def bootstrap_table(self) -> MemberTable:
+        """The member table before any membership change: the initial cluster
+        (empty for a member that joined an existing cluster)."""
+        if self.config.joining:
+            return MemberTable()
+        token = self.config.cluster_token
+        members = [
+            MemberRecord(member_id_of(token, name), name, format_address(address))
+            for name, address in self.config.initial_cluster.items()
+        ]
+        return MemberTable(tuple(sorted(members, key=lambda m: m.id)))
+
+    def member_table(self) -> MemberTable:
+        """The member table as of the applied index."""
+        table = self.state.members
+        return table if table.members or table.removed else self.bootstrap_table()
+
+    def _apply_conf_change(self, index: int, data: bytes) -> None:
+        try:
+            change = decode_conf_change(data)
+        except msgspec.DecodeError:
+            table = None
+        else:
+            table = decode_table(change.context)
+        if not self.state.apply_membership(index, table):
+            return
+        if table is None:
+            return
+        self._learn_addresses(table)
+        self._refresh_peers()
+        self._schedule_drops(table)
+        if self.id in table.removed and not self.removed:
+            log.warning("member %s (%x) was removed from the cluster: stopping", self.name, self.id)
+            self.removed = True
+            if self._run_scope is not None:
+                self._run_scope.cancel()
+
+    def _on_conf(self, conf: ConfState, context: bytes) -> None:
+        """Raft's configuration changed (on append): connect to new members
+        before the leader sends them anything, drop removed ones."""
+        self._conf = conf
+        table = decode_table(context)
+        if table is not None:
+            self._learn_addresses(table)
+        self._refresh_peers()
+
+    def _learn_addresses(self, table: MemberTable) -> None:
+        for member in table.members:
+            try:
+                self._addresses[member.id] = parse_address(member.peer_address)
+            except ConfigError:
+                log.warning("member %x has a malformed peer address", member.id)
+
+    def _on_peer_hello(self, peer: int, address: str) -> None:
+        """A peer dialled us.  While we are not a member yet (joining), the
+        leader's dial is how we learn where to answer it."""
+        if peer in self._addresses or peer in self.member_table().removed:
+            return
+        if peer in self._dropped_peers:
+            return
+        try:
+            self._addresses[peer] = parse_address(address)
+        except ConfigError:
+            return
+        self._refresh_peers()
+
+    def _schedule_drops(self, table: MemberTable) -> None:
+        if self._nursery is not None:
+            for gone in sorted(set(table.removed) - self._dropped_peers - {self.id}):
+                self._dropped_peers.add(gone)
+                self._nursery.start_soon(self._drop_peer_later, gone)
+
+    async def _drop_peer_later(self, peer: int) -> None:
+        """Stop dialling a removed member, two election timeouts after its
+        removal was applied: until then the leader may still be telling it
+        that its removal committed (so that it stops)."""
+        await trio.sleep(2 * self.config.election_timeout)
+        self._addresses.pop(peer, None)
+        self._refresh_peers()
+
+    def _refresh_peers(self) -> None:
+        """Dial every member we know an address for: Raft sends only to the
+        members of its configuration, and to a removed one until it learnt of
+        its removal; a removed member's address is forgotten two election
+        timeouts after its removal was applied (:meth:`_drop_peer_later`)."""
+        transport = self._transport
+        if transport is None:
+            return
+        wanted = {i: a for i, a in self._addresses.items() if i != self.id}
+        if wanted != transport.peers:
+            transport.set_peers(wanted)
+
+    def _leader_error(self) -> Error | None:
+        """None on the leader; otherwise the error that sends the client there."""
+        node = self.node
+        assert node is not None
+        if node.role is Role.LEADER:
+            return None
+        if node.leader == 0:
+            return _error(ErrorCode.NO_LEADER, "no leader", definite=True)
+        return Error(
+            code=ErrorCode.NOT_LEADER,
+            message="membership requests are served by the leader",
+            definite=True,
+            leader=self._client_address_of(node.leader),
+        )
+
+    def _client_address_of(self, member: int) -> str:
+        if member == self.id:
+            return format_address(self.client_address)
+        if self._transport is None:
+            return ""
+        return self._transport.peer_metadata.get(member, b"").decode(errors="replace")
+
+    def _member_views(self, table: MemberTable) -> list[api.Member]:
+        views = []
+        for member in table.members:
+            client_url = self._client_address_of(member.id)
+            views.append(
+                api.Member(
+                    id=member.id,
+                    name=member.name,
+                    peer_url=member.peer_address,
+                    client_url=client_url,
+                    is_learner=member.learner,
+                    status="started" if client_url else "unstarted",
+                )
+            )
+        return views
+
+    async def _member_list(self) -> Response | Error:
+        error = self._leader_error() or await self._linearize()
+        if error is not None:
+            return error
+        node = self.node
+        assert node is not None
+        return api.MemberListResponse(
+            header=self._header(self.state.status().revision),
+            members=self._member_views(self.member_table()),
+            leader=node.leader,
+        )
+
+    async def _change_membership(
+        self, change: ConfChange, done: Callable[[MemberTable], bool]
+    ) -> Error | None:
+        """Propose ``change`` (whose context is the whole member table after
+        it) and wait until it is applied; the caller holds the membership lock
+        and has linearized, so the table it started from is the latest."""
+        node = self.node
+        assert node is not None
+        deadline = trio.current_time() + self.config.request_timeout
+        while True:
+            try:
+                index = await node.propose_conf_change(change)
+                break
+            except ProposalDropped as dropped:
+                error = self._leader_error()
+                if error is not None:
+                    return error
+                transient = "in progress" in dropped.reason or "entry of its term" in dropped.reason
+                if transient and trio.current_time() + 0.05 < deadline:
+                    await trio.sleep(0.05)
+                    continue
+                return _error(ErrorCode.FAILED_PRECONDITION, dropped.reason, definite=True)
+        with trio.move_on_at(deadline):
+            await self._wait_applied(index)
+        if self.state.applied_index < index:
+            return _error(
+                ErrorCode.TIMEOUT,
+                "timed out waiting for the membership change to commit; it may still happen",
+                definite=False,
+            )
+        if not done(self.member_table()):
+            return _error(
+                ErrorCode.LEADER_CHANGED,
+                "the leader changed before the membership change was applied; it may still be",
+                definite=False,
+            )
+        return None
+
+    async def _member_add(self, request: api.MemberAddRequest) -> Response | Error:
+        error = self._leader_error()
+        if error is not None:
+            return error
+        name = request.name.strip()
+        if not name or len(name) > 255 or any(c in name for c in ",= \t\n"):
+            return _error(
+                ErrorCode.INVALID_ARGUMENT,
+                "a member name must be 1-255 characters without ',', '=' or spaces",
+                True,
+            )
+        try:
+            peer = format_address(parse_address(request.peer_url))
+        except ConfigError as bad:
+            return _error(ErrorCode.INVALID_ARGUMENT, str(bad), definite=True)
+        async with self._membership_lock:
+            error = await self._linearize()
+            if error is not None:
+                return error
+            table = self.member_table()
+            for member in table.members:
+                if member.name == name:
+                    return _error(ErrorCode.MEMBER_EXISTS, f"a member named {name!r} exists", True)
+                if member.peer_address == peer:
+                    return _error(
+                        ErrorCode.MEMBER_EXISTS,
+                        f"member {member.name!r} uses peer URL {peer}",
+                        True,
+                    )
+            new_id = new_member_id(
+                name, peer, self.config.cluster_token, table.ids() | set(table.removed)
+            )
+            record = MemberRecord(new_id, name, peer, learner=request.is_learner)
+            kind = ConfChangeType.ADD_LEARNER if request.is_learner else ConfChangeType.ADD_VOTER
+            change = ConfChange(kind, new_id, encode_table(table.with_added(record)))
+            error = await self._change_membership(change, lambda t: t.get(new_id) is not None)
+            if error is not None:
+                return error
+            after = self.member_table()
+            return api.MemberAddResponse(
+                header=self._header(self.state.status().revision),
+                member=next(v for v in self._member_views(after) if v.id == new_id),
+                members=self._member_views(after),
+                cluster_id=self.cluster_id,
+            )
+
+    async def _member_promote(self, request: api.MemberPromoteRequest) -> Response | Error:
+        error = self._leader_error()
+        if error is not None:
+            return error
+        node = self.node
+        assert node is not None
+        async with self._membership_lock:
+            error = await self._linearize()
+            if error is not None:
+                return error
+            table = self.member_table()
+            record = table.get(request.id)
+            if record is None:
+                return _error(ErrorCode.MEMBER_NOT_FOUND, f"no member {request.id:x}", True)
+            if not record.learner:
+                return _error(
+                    ErrorCode.FAILED_PRECONDITION, f"member {request.id:x} is not a learner", True
+                )
+            status = node.status()
+            progress = status.progress.get(request.id)
+            match = progress.match if progress is not None else 0
+            if match == 0 or match * 100 < status.last_index * LEARNER_READY_PERCENT:
+                return _error(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"learner {request.id:x} is not ready to be promoted: it holds {match} of "
+                    f"the leader's {status.last_index} entries (needs "
+                    f"{LEARNER_READY_PERCENT}%)",
+                    definite=True,
+                )
+            change = ConfChange(
+                ConfChangeType.PROMOTE, request.id, encode_table(table.with_promoted(request.id))
+            )
+            promoted = request.id
+
+            def done(t: MemberTable) -> bool:
+                member = t.get(promoted)
+                return member is not None and not member.learner
+
+            error = await self._change_membership(change, done)
+            if error is not None:
+                return error
+            return api.MemberPromoteResponse(
+                header=self._header(self.state.status().revision),
+                members=self._member_views(self.member_table()),
+            )
+
+    async def _member_remove(self, request: api.MemberRemoveRequest) -> Response | Error:
+        error = self._leader_error()
+        if error is not None:
+            return error
+        node = self.node
+        assert node is not None
+        table = self.member_table()
+        if table.get(request.id) is None:
+            what = "was removed" if request.id in table.removed else "does not exist"
+            return _error(ErrorCode.MEMBER_NOT_FOUND, f"member {request.id:x} {what}", True)
+        if request.id == self.id:
+            return await self._hand_over_before_removal()
+        async with self._membership_lock:
+            error = await self._linearize()
+            if error is not None:
+                return error
+            table = self.member_table()
+            if table.get(request.id) is None:
+                return _error(
+                    ErrorCode.MEMBER_NOT_FOUND, f"member {request.id:x} was removed", True
+                )
+            change = ConfChange(
+                ConfChangeType.REMOVE, request.id, encode_table(table.without(request.id))
+            )
+            removed = request.id
+            error = await self._change_membership(change, lambda t: t.get(removed) is None)
+            if error is not None:
+                return error
+            return api.MemberRemoveResponse(
+                header=self._header(self.state.status().revision),
+                members=self._member_views(self.member_table()),
+            )
+
+    async def _hand_over_before_removal(self) -> Error:
+        """The leader is asked to remove itself: hand leadership to the most
+        up-to-date voter first, then send the client there to remove us."""
+        node = self.node
+        assert node is not None
+        status = node.status()
+        candidates = [
+            (progress.match, peer)
+            for peer, progress in status.progress.items()
+            if peer != self.id and peer in status.voters
+        ]
+        if not candidates:
+            return _error(
+                ErrorCode.FAILED_PRECONDITION, "cannot remove the only voter of the cluster", True
+            )
+        _, target = max(candidates)
+        error = await self._transfer_to(target)
+        if error is not None:
+            return error
+        return Error(
+            code=ErrorCode.NOT_LEADER,
+            message="leadership handed over before removing this member; ask the new leader",
+            definite=True,
+            leader=self._client_address_of(node.leader),
+        )
+
+    async def _transfer_to(self, target: int) -> Error | None:
+        node = self.node
+        assert node is not None
+        node.transfer_leadership(target)
+        with trio.move_on_after(self.config.request_timeout):
+            while node.leader != target:
+                await node.wait_leadership_change()
+            return None
+        return _error(
+            ErrorCode.TIMEOUT, f"leadership did not move to {target:x} in time", definite=True
+        )
+
+    async def _move_leader(self, request: api.MoveLeaderRequest) -> Response | Error:
+        error = self._leader_error()
+        if error is not None:
+            return error
+        node = self.node
+        assert node is not None
+        target = request.target_id
+        if target != self.id:
+            if target in self._conf.learners:
+                return _error(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"member {target:x} is a learner and cannot lead",
+                    definite=True,
+                )
+            if target not in self._conf.voters:
+                return _error(ErrorCode.MEMBER_NOT_FOUND, f"no voting member {target:x}", True)
+            error = await self._transfer_to(target)
+            if error is not None:
+                return error
+        return api.MoveLeaderResponse(
+            header=self._header(self.state.status().revision), leader=target
+        )
 
     def _after_apply(self, request: WriteRequest, response: Response | Error) -> None:
         """Keep the leader's expiry clock in step with the lease table."""
@@ -318,6 +727,16 @@ class Member:
             return _error(ErrorCode.STOPPED, "member is not serving", definite=True)
         if isinstance(request, api.StatusRequest):
             return self._status()
+        if isinstance(request, api.MemberListRequest):
+            return await self._member_list()
+        if isinstance(request, api.MemberAddRequest):
+            return await self._member_add(request)
+        if isinstance(request, api.MemberPromoteRequest):
+            return await self._member_promote(request)
+        if isinstance(request, api.MemberRemoveRequest):
+            return await self._member_remove(request)
+        if isinstance(request, api.MoveLeaderRequest):
+            return await self._move_leader(request)
         error = validate_request(request, lease_exists=lambda lease: True)
         if error is not None:
             return error
@@ -545,8 +964,10 @@ def _error(code: ErrorCode, message: str, definite: bool) -> Error:
 def open_storage(config: MemberConfig) -> DiskStorage | MemoryStorage:
     """The Raft storage of the member ``config`` describes: in memory without a
     data directory, else ``DATA_DIR/raft`` on disk, bootstrapped (if new) with
-    the initial cluster's members as voters."""
-    conf = ConfState(voters=tuple(sorted(config.peer_ids)))
+    the initial cluster's members as voters.  A member joining a running
+    cluster starts with no configuration: the entry (or the snapshot) that
+    added it tells it the whole membership."""
+    conf = ConfState() if config.joining else ConfState(voters=tuple(sorted(config.peer_ids)))
     if config.data_dir is None:
         return MemoryStorage(conf)
     raft_dir = Path(config.data_dir) / "raft"

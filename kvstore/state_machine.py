@@ -45,6 +45,7 @@ from kvstore.api import (
 )
 from kvstore.commands import Command, decode_command
 from kvstore.lease import LeaseRecord, LeaseTable
+from kvstore.membership import MemberTable
 from kvstore.mvcc import MVCCStore, StoreDump, WriteResult
 from kvstore.validation import validate_request
 
@@ -86,6 +87,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     applied_index: int
     store: StoreDump
     leases: list[LeaseRecord] = []
+    members: MemberTable = MemberTable()
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -158,6 +160,9 @@ class KVStateMachine:
         self._store.lease_exists = self._lease_exists
         self._applied = 0
         self._leases = LeaseTable()
+        self.members = MemberTable()
+        """The member table as of the applied index (empty until the first
+        membership change, or a snapshot that holds one)."""
 
     # -- Leases -----------------------------------------------------------------------
 
@@ -254,6 +259,17 @@ class KVStateMachine:
             )
             return ApplyResult(command, error, [])
 
+    def apply_membership(self, index: int, table: MemberTable | None) -> bool:
+        """Apply the membership change committed at ``index``: ``table`` is the
+        whole member table after it (None leaves the table as it was).
+        Returns False for an index already applied."""
+        if index <= self._applied:
+            return False
+        self._applied = index
+        if table is not None:
+            self.members = table
+        return True
+
     def _apply(self, command: Command) -> ApplyResult:
         request = command.request
         # Leases are checked by the store as each put runs (only the branch a
@@ -314,7 +330,7 @@ class KVStateMachine:
     def capture(self) -> StateCopy:
         """A consistent copy of the whole state, to encode later (perhaps a
         step at a time, see :meth:`StateCopy.encode_in_steps`)."""
-        body = _Snapshot(self._applied, self._store.dump(), self._leases.records())
+        body = _Snapshot(self._applied, self._store.dump(), self._leases.records(), self.members)
         return StateCopy(self.status(), body)
 
     def restore(self, data: bytes) -> None:
@@ -351,6 +367,7 @@ class KVStateMachine:
         self._store = store
         self._applied = snapshot.applied_index
         self._leases = leases
+        self.members = snapshot.members
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> KVStateMachine:

@@ -13,6 +13,11 @@ directories, torn down afterwards, with a way to kill and restart a member:
           await cluster.kill(await cluster.leader())
           await cluster.restart("n1")
 
+  Membership: :meth:`InProcessCluster.reserve` picks ports for a new member,
+  ``client.member_add`` adds it, :meth:`InProcessCluster.join` starts it with
+  ``initial_cluster_state="existing"``; a member removed from the cluster stops
+  by itself (:meth:`InProcessCluster.forget` waits for that).
+
 * :func:`process_cluster` (sync): members are ``kvctl server`` processes;
   killing one sends it a signal (SIGKILL by default).
 
@@ -68,20 +73,60 @@ class InProcessCluster:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
         self._options = options
+        self._host = host
+        self._joined: dict[str, tuple[int, int]] = {}
+        """Members started to join: name -> (member id, cluster id)."""
 
     @property
     def endpoints(self) -> list[str]:
         return [format_address(self.clients[name]) for name in self.names]
 
     def config(self, name: str) -> MemberConfig:
+        if name in self._joined:
+            member_id, cluster_id = self._joined[name]
+            return MemberConfig(
+                name=name,
+                data_dir=self.data_root / name,
+                listen_client=self.clients[name],
+                listen_peer=self.peers[name],
+                initial_cluster_state="existing",
+                join_member_id=member_id,
+                join_cluster_id=cluster_id,
+                **self._options,
+            )
+        initial = {n: a for n, a in self.peers.items() if n not in self._joined}
         return MemberConfig(
             name=name,
             data_dir=self.data_root / name,
             listen_client=self.clients[name],
             listen_peer=self.peers[name],
-            initial_cluster=self.peers,
+            initial_cluster=initial,
             **self._options,
         )
+
+    def reserve(self, name: str) -> str:
+        """Pick loopback ports for a member about to be added; its peer URL."""
+        if name in self.peers:
+            raise ValueError(f"member name {name} is taken")
+        self.peers[name] = (self._host, free_port(self._host))
+        self.clients[name] = (self._host, free_port(self._host))
+        self.names.append(name)
+        return format_address(self.peers[name])
+
+    async def join(self, name: str, member_id: int, cluster_id: int) -> Member:
+        """Start member ``name`` (see :meth:`reserve`), added to the cluster as
+        ``member_id``, to join the running cluster ``cluster_id``."""
+        self._joined[name] = (member_id, cluster_id)
+        return await self.start(name)
+
+    async def forget(self, name: str, timeout: float = 10.0) -> None:
+        """Wait until member ``name``, removed from the cluster, has stopped
+        by itself, and stop listing it."""
+        with trio.fail_after(timeout):
+            await self._stopped.pop(name).wait()
+        self._scopes.pop(name, None)
+        self.members.pop(name, None)
+        self.names.remove(name)
 
     async def start(self, name: str) -> Member:
         """Start member ``name`` (again, after :meth:`kill`: it recovers from its data dir)."""
@@ -122,7 +167,7 @@ class InProcessCluster:
                 leaders = {
                     member.node.leader
                     for member in self.members.values()
-                    if member.node is not None
+                    if member.node is not None and not member.removed
                 }
                 if len(leaders) == 1 and 0 not in leaders:
                     (leader_id,) = leaders

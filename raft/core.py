@@ -2,11 +2,16 @@
 
 :class:`RaftCore` follows the shape of etcd-io/raft.  Its only inputs are
 :meth:`~RaftCore.tick`, :meth:`~RaftCore.step`, :meth:`~RaftCore.propose`,
-:meth:`~RaftCore.read_index`, :meth:`~RaftCore.transfer_leadership` and
-:meth:`~RaftCore.campaign`; it reads no clock (time is the number of ticks),
-opens no socket or file, and draws randomness only from the injected
-``random.Random``.  Same state + same inputs => same outputs, which is what lets
-the simulator in :mod:`raft.sim` replay any schedule from a seed.
+:meth:`~RaftCore.read_index`, :meth:`~RaftCore.transfer_leadership`,
+:meth:`~RaftCore.propose_conf_change` and :meth:`~RaftCore.campaign`; it
+reads no clock (time is the number of ticks), opens no socket or file, and
+draws randomness only from the injected ``random.Random``.  Same state + same
+inputs => same outputs, which is what lets the simulator in :mod:`raft.sim`
+replay any schedule from a seed.
+
+Membership changes go through the log one server at a time and take effect
+when appended; :mod:`raft.membership` explains why that is safe and which rules
+the core enforces for it.
 
 Its output is a :class:`~raft.ready.Ready`.  **Durability contract**: nothing
 that depends on a vote or on an appended entry leaves the node before the driver
@@ -28,11 +33,14 @@ from dataclasses import dataclass
 from raft import quorum
 from raft.errors import ProposalDropped, ReadIndexDropped, RequestDropped
 from raft.log import RaftLog
+from raft.membership import ConfChange, ConfChangeError, complete_change, conf_change_entry
 from raft.messages import (
     NONE,
     AppendEntries,
     AppendResponse,
+    ConfState,
     Entry,
+    EntryType,
     HardState,
     Heartbeat,
     HeartbeatResponse,
@@ -126,6 +134,8 @@ class Status:
     lead_transferee: int
     progress: dict[int, PeerStatus]
     """Per-peer replication state; filled on the leader only."""
+    voters: frozenset[int] = frozenset()
+    learners: frozenset[int] = frozenset()
 
 
 class RaftCore:
@@ -136,10 +146,13 @@ class RaftCore:
         self._config = config
         self._id = config.id
         self._rng = rng
-        hard_state, conf = storage.initial_state()
+        hard_state, _ = storage.initial_state()
         self.log = RaftLog(storage, config.applied)
+        conf = self.log.confs.current()
         self._voters = frozenset(conf.voters)
         self._learners = frozenset(conf.learners)
+        self._conf_version = self.log.confs.version
+        self._prev_conf = conf
 
         self._term = hard_state.term
         self._vote = hard_state.vote
@@ -152,6 +165,8 @@ class RaftCore:
         self._randomized_election_timeout = config.election_tick
         self._lead_transferee = NONE
         self._transfer_elapsed = 0
+        self._removed_elapsed = 0
+        """Leader: ticks spent replicating to removed peers (see _prune_removed_progress)."""
         self._read_only = ReadOnly()
         self._reads_awaiting_commit: list[tuple[int, bytes]] = []
         self._snapshot_receiver: SnapshotReceiver | None = None
@@ -164,6 +179,10 @@ class RaftCore:
         self._ready_outstanding = False
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._prev_hard = hard_state
+        self._durable_term = hard_state.term
+        """The term the driver has reported persisted (see :meth:`_send`)."""
+        self._won_when_durable = False
+        """Candidate elected by its own vote alone, waiting for it to be durable."""
 
         self._become_follower(self._term, NONE)
 
@@ -197,6 +216,20 @@ class RaftCore:
     def learners(self) -> frozenset[int]:
         return self._learners
 
+    def conf_state(self) -> ConfState:
+        """The membership in effect: the latest configuration in the log,
+        committed or not (see :mod:`raft.membership`)."""
+        return self.log.confs.current()
+
+    def conf_state_at(self, index: int) -> ConfState:
+        """The membership after the entry at ``index`` (for snapshot metadata)."""
+        return self.log.confs.at(index)
+
+    def conf_context(self) -> bytes:
+        """The context of the newest conf change in the log (b"" if none since
+        the latest snapshot or the bootstrap)."""
+        return self.log.confs.context()
+
     def status(self) -> Status:
         progress: dict[int, PeerStatus] = {}
         if self._role is Role.LEADER:
@@ -215,6 +248,8 @@ class RaftCore:
             last_index=self.log.last_index(),
             lead_transferee=self._lead_transferee,
             progress=progress,
+            voters=self._voters,
+            learners=self._learners,
         )
 
     # -- Inputs -------------------------------------------------------------------
@@ -258,6 +293,38 @@ class RaftCore:
         self._forward_buffer.append(Entry(term=0, index=0, data=data))
         return None
 
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a membership change on the leader; returns its index.
+
+        The change takes effect at once, on append (see :mod:`raft.membership`
+        for why that is safe).  Raises :class:`ProposalDropped` (definitely not
+        appended) on a follower (changes are not forwarded: the caller goes to
+        the leader named in the error), during a leadership transfer, before
+        the leader has committed an entry of its own term, while a previous
+        change is not yet committed and applied, or when ``change`` is not
+        valid against the current configuration.
+        """
+        self._check_no_ready_outstanding()
+        if self._role is not Role.LEADER:
+            raise ProposalDropped("not the leader", leader=self._leader)
+        if self._lead_transferee != NONE:
+            raise ProposalDropped("leadership transfer in progress", leader=self._id)
+        if not self._committed_in_current_term():
+            raise ProposalDropped(
+                "the leader has not yet committed an entry of its term", leader=self._id
+            )
+        if self.log.confs.last_change_index() > self.log.applied:
+            raise ProposalDropped("another membership change is in progress", leader=self._id)
+        try:
+            change = complete_change(self.log.confs.current(), change)
+        except ConfChangeError as error:
+            raise ProposalDropped(str(error), leader=self._id) from None
+        index = self.log.last_index() + 1
+        self.log.append([conf_change_entry(self._term, index, change)])
+        self._sync_conf()
+        self._broadcast_pending = True
+        return index
+
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point, identified by ``context``.
 
@@ -300,6 +367,22 @@ class RaftCore:
         if message.to != self._id:
             log.warning("node %d ignoring message addressed to %d", self._id, message.to)
             return
+        confs = self.log.confs
+        if (
+            isinstance(message, RequestVote)
+            and confs.last_change_index()
+            and message.frm in confs.removed_through(self.log.committed)
+            and message.frm not in self._voters
+            and message.frm not in self._learners
+        ):
+            # Its removal is committed and it is not (back) in the configuration:
+            # a removed node that missed its removal must not disrupt the
+            # cluster with ever higher terms.  Only its vote requests are
+            # ignored: anything else from a higher term can only come from a
+            # legitimate leader (of a configuration that added it back, which
+            # a lagging node must hear to learn that).
+            log.debug("node %d ignoring vote request of removed node %d", self._id, message.frm)
+            return
         if message.term > self._term:
             if not self._accept_higher_term(message):
                 return
@@ -315,6 +398,8 @@ class RaftCore:
             self._step_follower(message)
         else:
             self._step_candidate(message)
+        self._prune_removed_progress()
+        self._maybe_step_down_removed()
 
     # -- Output -------------------------------------------------------------------
 
@@ -331,6 +416,7 @@ class RaftCore:
             or self.log.committed > self.log.applied
             or self._soft_state() != self._prev_soft
             or self._hard_state() != self._prev_hard
+            or self.log.confs.current() != self._prev_conf
         )
 
     def ready(self) -> Ready:
@@ -339,6 +425,7 @@ class RaftCore:
         self._flush()
         soft = self._soft_state()
         hard = self._hard_state()
+        conf = self.log.confs.current()
         entries = list(self.log.unstable)
         ready = Ready(
             soft_state=soft if soft != self._prev_soft else None,
@@ -355,7 +442,9 @@ class RaftCore:
             or hard.term != self._prev_hard.term
             or hard.vote != self._prev_hard.vote,
             snapshot=self.log.pending_snapshot,
+            conf_state=conf if conf != self._prev_conf else None,
         )
+        self._prev_conf = conf
         self._messages = []
         self._persisted_messages = []
         self._read_states = []
@@ -367,6 +456,15 @@ class RaftCore:
     def advance(self, ready: Ready) -> None:
         """The driver has persisted, sent and applied ``ready``."""
         self._ready_outstanding = False
+        if ready.hard_state is not None:
+            self._durable_term = ready.hard_state.term
+            if (
+                self._won_when_durable
+                and self._role is Role.CANDIDATE
+                and self._durable_term == self._term
+            ):
+                self._won_when_durable = False
+                self._become_leader()
         if ready.snapshot is not None:
             self.log.stable_snapshot_to(ready.snapshot.meta.index)
         if ready.entries:
@@ -378,6 +476,94 @@ class RaftCore:
                     self._broadcast_pending = True
         if ready.committed_entries:
             self.log.applied_to(ready.committed_entries[-1].index)
+        self._prune_removed_progress()
+        self._maybe_step_down_removed()
+
+    # -- Membership -----------------------------------------------------------------
+
+    def _sync_conf(self) -> None:
+        """Adopt the latest configuration in the log after it was appended to,
+        truncated or replaced by a snapshot."""
+        confs = self.log.confs
+        if confs.version == self._conf_version:
+            return
+        self._conf_version = confs.version
+        conf = confs.current()
+        voters, learners = frozenset(conf.voters), frozenset(conf.learners)
+        if voters == self._voters and learners == self._learners:
+            return
+        log.info(
+            "node %d: configuration is now voters %s learners %s",
+            self._id,
+            sorted(voters),
+            sorted(learners),
+        )
+        self._voters, self._learners = voters, learners
+        if self._role is not Role.LEADER:
+            return
+        # A removed peer keeps its progress (it counts for nothing) until its
+        # removal commits, so it receives the entry that removes it and can
+        # shut itself down; see _prune_removed_progress.
+        members = voters | learners
+        for peer in sorted(members):
+            progress = self._progress.get(peer)
+            if progress is None:
+                progress = Progress(
+                    self.log.last_index() + 1, self._config.max_inflight_msgs, peer in learners
+                )
+                self._progress[peer] = progress
+            progress.is_learner = peer in learners
+        if self._lead_transferee != NONE and self._lead_transferee not in voters:
+            self._lead_transferee = NONE
+        if self._maybe_commit():
+            self._broadcast_pending = True
+
+    def _prune_removed_progress(self, give_up: bool = False) -> None:
+        """Once the latest change is committed, stop replicating to each
+        removed peer that holds its removal, telling it the commit index one
+        last time (it then knows it was removed); with ``give_up``, also to
+        those that never acknowledged it (down, or cut off)."""
+        if self._role is not Role.LEADER or len(self._progress) == self._members_with_self():
+            return
+        last_change = self.log.confs.last_change_index()
+        if last_change > self.log.committed:
+            return
+        members = self._voters | self._learners | {self._id}
+        for peer in sorted(set(self._progress) - members):
+            if self._progress[peer].match < last_change and not give_up:
+                continue
+            progress = self._progress.pop(peer)
+            self._send(
+                Heartbeat(
+                    frm=self._id,
+                    to=peer,
+                    term=self._term,
+                    commit=min(progress.match, self.log.committed),
+                )
+            )
+
+    def _members_with_self(self) -> int:
+        """How many peers the leader tracks when no removed peer is left."""
+        return len(self._voters) + len(self._learners) + (self._id not in self._voters)
+
+    def _maybe_step_down_removed(self) -> None:
+        """A leader no longer among the voters manages the cluster until its
+        removal is committed (Raft dissertation §4.2.2), then tells everyone
+        the commit, hands over to an up-to-date voter and steps down."""
+        if (
+            self._role is not Role.LEADER
+            or self._id in self._voters
+            or self.log.confs.last_change_index() > self.log.committed
+        ):
+            return
+        log.info("node %d: removal committed, stepping down", self._id)
+        self._broadcast_heartbeat(0)
+        last = self.log.last_index()
+        for peer in sorted(self._voters):
+            if self._progress[peer].match == last:
+                self._send(TimeoutNow(frm=self._id, to=peer, term=self._term))
+                break
+        self._become_follower(self._term, NONE)
 
     # -- Role transitions -----------------------------------------------------------
 
@@ -393,16 +579,16 @@ class RaftCore:
         )
         self._lead_transferee = NONE
         self._votes = {}
+        self._won_when_durable = False
         self._read_only.reset()
         self._reads_awaiting_commit = []
         self._broadcast_pending = False
         next_index = self.log.last_index() + 1
         self._progress = {
             peer: Progress(next_index, self._config.max_inflight_msgs, peer in self._learners)
-            for peer in self._voters | self._learners
+            for peer in self._voters | self._learners | {self._id}
         }
-        if self._id in self._progress:
-            self._progress[self._id].match = self.log.stable_last_index()
+        self._progress[self._id].match = self.log.stable_last_index()
 
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)
@@ -432,8 +618,23 @@ class RaftCore:
         self.log.append([Entry(term=self._term, index=self.log.last_index() + 1)])
         self._broadcast_pending = True
 
+    def _can_campaign(self) -> bool:
+        """A voter may campaign; so may a node whose own removal is the latest,
+        still uncommitted, change in its log.  Without that exception a
+        removed leader that lost its quorum could leave the cluster stuck: the
+        remaining voters lack the removal entry, so their logs are behind its
+        log and it refuses them its vote, while it may not campaign itself.
+        Votes are counted in the latest configuration (which excludes it), so
+        election safety is that of any candidate; once elected it commits its
+        removal and steps down."""
+        if self._id in self._voters:
+            return True
+        confs = self.log.confs
+        last = confs.last_change_index()
+        return last > self.log.committed and self._id in confs.at(last - 1).voters
+
     def _hup(self, transfer: bool) -> None:
-        if self._role is Role.LEADER or self._id not in self._voters:
+        if self._role is Role.LEADER or not self._can_campaign():
             return
         self._campaign(pre_vote=self._config.pre_vote and not transfer, transfer=transfer)
 
@@ -446,6 +647,12 @@ class RaftCore:
             vote_term = self._term
         self._votes[self._id] = True
         if self._tally() is quorum.VoteResult.WON:
+            if not pre_vote and self._durable_term != self._term:
+                # A lone voter won on its own vote: it leads only once that
+                # vote (and its term) is durable (see advance), or a crash
+                # could let it lead the same term twice with different logs.
+                self._won_when_durable = True
+                return
             self._on_election_won(pre_vote, transfer)
             return
         last_index = self.log.last_index()
@@ -476,7 +683,10 @@ class RaftCore:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_election_timeout:
+        # A non-voter never campaigns; its clock keeps running, so that once
+        # its leader is silent for an election timeout it no longer ignores
+        # vote requests as "in the leader's lease" (etcd does the same).
+        if self._can_campaign() and self._election_elapsed >= self._randomized_election_timeout:
             self._election_elapsed = 0
             self._hup(transfer=False)
 
@@ -489,6 +699,11 @@ class RaftCore:
                 log.info("node %d: no quorum heard within an election timeout", self._id)
                 self._become_follower(self._term, NONE)
                 return
+        if len(self._progress) > self._members_with_self():
+            self._removed_elapsed += 1
+            if self._removed_elapsed >= 2 * self._config.election_tick:
+                self._removed_elapsed = 0
+                self._prune_removed_progress(give_up=True)
         if self._lead_transferee != NONE:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self._config.election_tick:
@@ -598,11 +813,15 @@ class RaftCore:
             if self._lead_transferee != NONE:
                 log.debug("node %d dropping forwarded proposals: transfer in progress", self._id)
                 return
+            # Membership changes are never forwarded: they are validated on the leader.
+            forwarded = [e for e in message.entries if e.type is EntryType.NORMAL]
+            if not forwarded:
+                return
             index = self.log.last_index()
             self.log.append(
                 [
-                    Entry(term=self._term, index=index + offset, data=entry.data, type=entry.type)
-                    for offset, entry in enumerate(message.entries, start=1)
+                    Entry(term=self._term, index=index + offset, data=entry.data)
+                    for offset, entry in enumerate(forwarded, start=1)
                 ]
             )
             self._broadcast_pending = True
@@ -893,6 +1112,7 @@ class RaftCore:
         last_new = self.log.maybe_append(
             message.prev_index, message.prev_term, message.commit, message.entries
         )
+        self._sync_conf()
         if last_new is not None:
             self._send(
                 AppendResponse(frm=self._id, to=message.frm, term=self._term, index=last_new)
@@ -966,8 +1186,7 @@ class RaftCore:
             snapshot.meta.term,
         )
         self.log.restore(snapshot)
-        self._voters = frozenset(snapshot.meta.conf.voters)
-        self._learners = frozenset(snapshot.meta.conf.learners)
+        self._sync_conf()
 
     def _handle_heartbeat(self, message: Heartbeat) -> None:
         self.log.commit_to(message.commit)
@@ -980,7 +1199,16 @@ class RaftCore:
     # -- Plumbing ---------------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
-        if self._role is Role.LEADER and isinstance(message, _LEADER_TRAFFIC):
+        # A leader's own traffic may leave before its disk write only once its
+        # term is durable.  Elected by others, it is (its vote requests waited
+        # for it); a lone voter elects itself at once, and its first appends
+        # (to learners, say) must not carry a term a crash could forget, or a
+        # second leadership of that term could reuse (index, term) pairs.
+        if (
+            self._role is Role.LEADER
+            and isinstance(message, _LEADER_TRAFFIC)
+            and self._durable_term == self._term
+        ):
             self._messages.append(message)
         else:
             self._persisted_messages.append(message)

@@ -11,6 +11,7 @@ index handed to the driver for applying.  Invariants:
 from __future__ import annotations
 
 from raft.errors import SafetyViolation
+from raft.membership import ConfLog
 from raft.messages import Entry, Snapshot
 from raft.storage import CompactedError, Storage, UnavailableError, limit_size
 
@@ -27,6 +28,15 @@ class RaftLog:
         hard_state, _ = storage.initial_state()
         self.committed = max(hard_state.commit, first - 1)
         self.applied = max(min(applied, self.committed), first - 1)
+        snapshot = storage.snapshot_meta()
+        self.confs = ConfLog(snapshot.conf, snapshot.index)
+        """The membership in effect: the snapshot's, then every conf change in the log."""
+        self._scan_confs(max(snapshot.index + 1, first), storage.last_index())
+
+    def _scan_confs(self, lo: int, hi: int) -> None:
+        step = 4096
+        for start in range(lo, hi + 1, step):
+            self.confs.append(self.storage.entries(start, min(start + step, hi + 1)))
 
     # -- Index arithmetic ---------------------------------------------------------
 
@@ -145,6 +155,9 @@ class RaftLog:
             raise SafetyViolation(f"overwriting committed index {first} (commit {self.committed})")
         if first > self.last_index() + 1:
             raise SafetyViolation(f"gap: appending {first} after {self.last_index()}")
+        if first <= self.last_index():
+            self.confs.truncate_from(first)
+        self.confs.append(entries)
         if first >= self.unstable_offset:
             del self.unstable[first - self.unstable_offset :]
         else:
@@ -209,6 +222,7 @@ class RaftLog:
                 f"restoring snapshot {snapshot.meta.index} at or below commit {self.committed}"
             )
         self.pending_snapshot = snapshot
+        self.confs.reset(snapshot.meta.conf, snapshot.meta.index)
         self.unstable = []
         self.unstable_offset = snapshot.meta.index + 1
         self.committed = snapshot.meta.index

@@ -30,6 +30,7 @@ import trio
 
 from raft.core import Config, RaftCore, Status
 from raft.errors import ReadIndexDropped, RequestDropped
+from raft.membership import ConfChange
 from raft.messages import ConfState, Entry, Message, Snapshot, SnapshotMeta
 from raft.observer import RaftObserver
 from raft.ready import Ready, Role
@@ -73,6 +74,11 @@ class ApplyBatch:
 
     snapshot: Snapshot | None
     entries: list[Entry]
+
+
+ConfListener = Callable[[ConfState, bytes], None]
+"""Told the membership in effect and the context of the newest conf change in
+the log (b"" if none), whenever the membership changes (and once at start)."""
 
 
 class LeadershipLost(RequestDropped):
@@ -138,6 +144,11 @@ class RaftNode:
         self._read_batch: _ReadBatch | None = None
         self._read_counter = 0
         self._transfers: list[int] = []
+        self._conf_changes: list[tuple[ConfChange, _Waiter]] = []
+        self.conf_listener: ConfListener | None = None
+        """Called (in the node's task, before any message goes out) when the
+        membership changes, so the application can connect to new members
+        before the leader sends them anything."""
         self._snapshots: list[tuple[int, bytes, _Waiter]] = []
         self._campaign = False
         self.leader = 0
@@ -166,6 +177,20 @@ class RaftNode:
         self._proposals.append((data, waiter))
         self._wakeup.set()
         return await waiter.wait()
+
+    async def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a membership change on the leader; returns its log index.
+        Raises :class:`~raft.errors.ProposalDropped` if it was refused
+        (definitely not appended): see :meth:`RaftCore.propose_conf_change`."""
+        waiter = _Waiter()
+        self._conf_changes.append((change, waiter))
+        self._wakeup.set()
+        index = await waiter.wait()
+        assert index is not None
+        return index
+
+    def conf_state(self) -> ConfState:
+        return self.core.conf_state()
 
     async def read_index(self) -> int:
         """A linearizable read point: once the application has applied the
@@ -224,12 +249,13 @@ class RaftNode:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.transport.run, self.deliver)
             nursery.start_soon(self._ticker)
+            self._notify_conf(self.core.conf_state())
             task_status.started()
             try:
                 await self._loop()
             finally:
                 self._fail_reads(LeadershipLost("node stopped"))
-                for _, waiter in self._proposals:
+                for _, waiter in self._proposals + self._conf_changes:
                     waiter.resolve(error=RequestDropped("node stopped"))
                 nursery.cancel_scope.cancel()
 
@@ -263,6 +289,12 @@ class RaftNode:
                 waiter.resolve(index=core.propose(data))
             except RequestDropped as error:
                 waiter.resolve(error=error)
+        changes, self._conf_changes = self._conf_changes, []
+        for change, waiter in changes:
+            try:
+                waiter.resolve(index=core.propose_conf_change(change))
+            except RequestDropped as error:
+                waiter.resolve(error=error)
         self._start_read_round()
         transfers, self._transfers = self._transfers, []
         for target in transfers:
@@ -276,6 +308,8 @@ class RaftNode:
             waiter.resolve()
 
     async def _handle_ready(self, ready: Ready) -> None:
+        if ready.conf_state is not None:
+            self._notify_conf(ready.conf_state)
         self.transport.send(ready.messages)
         if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
             if ready.must_sync:
@@ -301,6 +335,10 @@ class RaftNode:
         if ready.soft_state is not None:
             self._on_soft_state(ready.soft_state.leader, ready.soft_state.role)
         self.core.advance(ready)
+
+    def _notify_conf(self, conf: ConfState) -> None:
+        if self.conf_listener is not None:
+            self.conf_listener(conf, self.core.conf_context())
 
     async def _storage_call(self, function: Callable[..., None], *args: object) -> None:
         if self.config.storage_in_thread:
@@ -361,8 +399,9 @@ class RaftNode:
         if index <= self._snapshot_index:
             return
         core = self.core
-        conf = ConfState(voters=tuple(sorted(core.voters)), learners=tuple(sorted(core.learners)))
-        meta = SnapshotMeta(index=index, term=core.log.term(index), conf=conf)
+        # The membership as of ``index``, not the newest one: a conf change
+        # appended after ``index`` is not part of this snapshot's state.
+        meta = SnapshotMeta(index=index, term=core.log.term(index), conf=core.conf_state_at(index))
         await self._storage_call(self.storage.save_snapshot, meta, data)
         self._snapshot_index = index
         compact_to = index - self.config.snapshot_catchup_entries

@@ -3,6 +3,9 @@
 The contract, in order (the driver must not feed the core any other input
 between :meth:`RaftCore.ready` and :meth:`RaftCore.advance`):
 
+0. If :attr:`Ready.conf_state` is set the membership changed: be ready to
+   reach new members (and stop reaching removed ones once they are told)
+   before sending anything.
 1. Send :attr:`Ready.messages` at any time, even before persisting: they are
    the leader's replication traffic, which depends on nothing it has not
    already made durable (Raft thesis §10.2.1: a leader may write its own log in
@@ -25,7 +28,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from raft.messages import Entry, HardState, Message, Snapshot
+from raft.messages import ConfState, Entry, HardState, Message, Snapshot
 
 
 class Role(enum.Enum):
@@ -78,3 +81,7 @@ class Ready:
     """A snapshot received from the leader: persist it before the entries (it
     replaces the log up to its index) and restore the state machine from it
     before applying the committed entries."""
+    conf_state: ConfState | None = None
+    """Set when the membership in effect changed since the previous Ready (a
+    conf change was appended, truncated, or came with a snapshot): the driver
+    connects to new members and drops removed ones."""

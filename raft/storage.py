@@ -33,7 +33,9 @@ class Storage(Protocol):
     """Read access to a node's durable Raft state."""
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        """The persisted hard state and the current membership."""
+        """The persisted hard state and the membership of the latest snapshot
+        (or the bootstrap one); see :meth:`snapshot_meta` for the membership
+        in effect."""
         ...
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
@@ -55,7 +57,12 @@ class Storage(Protocol):
     def last_index(self) -> int: ...
 
     def snapshot_meta(self) -> SnapshotMeta:
-        """Metadata of the most recent snapshot (index 0 when there is none)."""
+        """Metadata of the most recent snapshot (index 0 when there is none).
+
+        Its ``conf`` is the membership as of its index (the bootstrap
+        membership at index 0): the core derives the membership in effect
+        from it and the conf-change entries in the log after it.
+        """
         ...
 
     def snapshot(self) -> Snapshot:

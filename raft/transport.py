@@ -43,6 +43,10 @@ class PeerHello(msgspec.Struct, array_like=True):
     metadata: bytes = b""
     """Opaque to Raft; the application's word about the sender (kvstore: its
     client address, so followers can point clients at the leader)."""
+    address: str = ""
+    """The sender's own peer listen address (``host:port``): a member that
+    joins an existing cluster knows nobody until the leader dials it, and
+    answers it there (see :attr:`TcpTransport.on_hello`)."""
 
 
 _hello_decoder = msgspec.msgpack.Decoder(PeerHello)
@@ -110,6 +114,14 @@ class TcpTransport:
         self._deliver: Deliver | None = None
         self._pending_peers = dict(peers)
         self.bound_port = listen[1]
+        self.on_hello: Callable[[int, str], None] | None = None
+        """Called with a peer's id and advertised peer address whenever it
+        connects to us (the application may add it with :meth:`set_peers`)."""
+
+    @property
+    def peers(self) -> dict[int, Address]:
+        """The peers messages are sent to now."""
+        return dict(self._peers) if self._nursery is not None else dict(self._pending_peers)
 
     # -- Sending ----------------------------------------------------------------------
 
@@ -179,6 +191,7 @@ class TcpTransport:
                             frm=self.node_id,
                             to=peer,
                             metadata=self.metadata,
+                            address=f"{self.listen[0]}:{self.bound_port}",
                         )
                         await stream.send_all(encode_frame(msgspec.msgpack.encode(hello)))
                         self.stats.unreachable.discard(peer)
@@ -239,6 +252,8 @@ class TcpTransport:
                     return
                 peer = hello.frm
                 self.peer_metadata[peer] = hello.metadata
+                if self.on_hello is not None and hello.address:
+                    self.on_hello(peer, hello.address)
                 while True:
                     payload = await reader.read()
                     if payload is None:

@@ -90,6 +90,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
     async def main() -> Source:
         async with in_process_cluster(3) as cluster, cluster.client() as client:
             lease, compact_revision, history_revision = await populate(client)
+            # The old cluster's member table (now with a learner) is in the
+            # backup; a restored cluster must not inherit it.
+            await client.member_add("spare", "127.0.0.1:9", learner=True)
             everything = await all_keys(client)
             history = await all_keys(client, history_revision)
             header = await save_backup(client, path, chunk_bytes=4096)
@@ -246,6 +249,9 @@ def test_restore_into_a_new_cluster_serves_every_key(source: Source, tmp_path: P
                 assert put.header.revision == source.revision + 1
                 status = await client.status()
                 assert status.compact_revision == source.compact_revision
+                members = (await client.member_list()).members
+                assert sorted(m.name for m in members) == sorted(cluster.names)
+                assert not any(m.is_learner for m in members)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -80,6 +80,8 @@ class RaftSimulation(RuleBasedStateMachine):
     core_factory: CoreFactory = RaftCore
     disk_factory: DiskFactory = MemoryDisk
     properties: frozenset[str] = ALL_PROPERTIES
+    spares: int = 0
+    """Extra nodes started outside the configuration (membership runs add them)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -140,6 +142,7 @@ class RaftSimulation(RuleBasedStateMachine):
         self._cluster = Cluster(
             size,
             seed,
+            spares=type(self).spares,
             config=config,
             core_factory=type(self).core_factory,
             disk_factory=type(self).disk_factory,

@@ -11,7 +11,7 @@
 * :mod:`raft.sim.chaos`: seeded random fault schedules.
 * :mod:`raft.sim.checkers`: election safety, leader append-only, log matching,
   leader completeness, state machine safety, durability, ReadIndex
-  linearizability.
+  linearizability, at most one uncommitted membership change.
 
 Everything is driven by one seed: the same seed and the same calls replay the
 same run.
@@ -25,6 +25,7 @@ from raft.sim.checkers import (
     LeaderAppendOnlyViolation,
     LeaderCompletenessViolation,
     LogMatchingViolation,
+    MembershipViolation,
     ReadIndexViolation,
     SafetyChecker,
     StateMachineSafetyViolation,
@@ -51,6 +52,7 @@ __all__ = [
     "LeaderCompletenessViolation",
     "LivenessViolation",
     "LogMatchingViolation",
+    "MembershipViolation",
     "MemoryDisk",
     "Network",
     "ReadIndexViolation",

@@ -30,11 +30,20 @@ Properties (names usable in ``SafetyChecker(properties=...)``):
     A node's persisted term and commit index never go backwards (across
     crashes too), a persisted vote never changes within a term, the persisted
     commit index never exceeds the persisted log, and every committed entry is
-    held in the *durable* logs of a majority of voters (so no crash of a
-    minority can lose it).
+    held in the *durable* logs of enough voters that every majority holds it
+    (so no crash of a minority can lose it).  "Voters" are those of the latest
+    *committed* configuration (the initial voters, changed by every committed
+    conf-change entry in index order); with one-server-at-a-time changes a
+    majority of the configuration an entry was committed under intersects
+    every majority of the adjacent configurations.
 ``reads``
     ReadIndex linearizability: a read returned at index ``i`` was issued when
     every commit index known anywhere was ``<= i``.
+``membership``
+    At most one membership change is uncommitted at a time: no log (in
+    memory or durable) ever holds two conf-change entries above the highest
+    commit index any node has reached.  (Election safety stays per term,
+    whatever configuration each candidate used.)
 """
 
 from __future__ import annotations
@@ -42,7 +51,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from raft.messages import Entry, HardState, SnapshotMeta
+import msgspec
+
+from raft.membership import decode_conf_change, is_conf_change
+from raft.messages import ConfState, Entry, HardState, SnapshotMeta
 from raft.ready import Role
 from raft.sim.network import format_bytes
 
@@ -83,6 +95,10 @@ class ReadIndexViolation(Violation):
     prop = "reads"
 
 
+class MembershipViolation(Violation):
+    prop = "membership"
+
+
 ALL_PROPERTIES = frozenset(
     {
         "election",
@@ -92,6 +108,7 @@ ALL_PROPERTIES = frozenset(
         "state_machine",
         "durability",
         "reads",
+        "membership",
     }
 )
 
@@ -239,11 +256,15 @@ class SafetyChecker:
     _reads: dict[bytes, ReadIssued] = field(default_factory=dict)
     max_commit: int = 0
     checks: int = 0
+    # membership: the configuration after every committed entry up to _conf_upto
+    committed_conf: ConfState = field(default_factory=ConfState)
+    _conf_upto: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.properties) - ALL_PROPERTIES
         if unknown:
             raise ValueError(f"unknown properties: {sorted(unknown)}")
+        self.committed_conf = ConfState(voters=tuple(sorted(self.voters)))
 
     # -- entry points ----------------------------------------------------------------
 
@@ -258,8 +279,14 @@ class SafetyChecker:
             for view in views:
                 if view.up and view.role is Role.LEADER:
                     self._check_completeness(view)
+        self._advance_committed_conf()
         if "durability" in self.properties:
             self._check_quorum_durable(views)
+        if "membership" in self.properties:
+            for view in views:
+                self._check_one_pending_change(view, view.log, "log")
+                if view.durable is not view.log:
+                    self._check_one_pending_change(view, view.durable, "durable log")
 
     def observe_event(self, event: Event) -> None:
         if isinstance(event, Applied):
@@ -464,8 +491,10 @@ class SafetyChecker:
         self._hard[view.id] = hs
 
     def _check_quorum_durable(self, views: Sequence[NodeView]) -> None:
-        voters = set(self.voters)
-        need = len(voters) // 2 + 1
+        voters = set(self.committed_conf.voters)
+        # Enough holders that every majority includes one (a plain majority
+        # for an odd number of voters).
+        need = len(voters) - (len(voters) // 2 + 1) + 1
         logs = [v.durable for v in views if v.id in voters]
         for index, known in self.committed.items():
             holders = 0
@@ -502,4 +531,27 @@ class SafetyChecker:
                 f"read index: read {event.context!r} at n{event.node} got index "
                 f"{event.index}, but index {issued.known_commit} was already committed "
                 "when the read was issued (a stale read)"
+            )
+
+    # -- membership --------------------------------------------------------------------
+
+    def _advance_committed_conf(self) -> None:
+        """Fold every newly committed conf-change entry, in index order, into
+        :attr:`committed_conf` (each states the whole configuration after it)."""
+        while (known := self.committed.get(self._conf_upto + 1)) is not None:
+            self._conf_upto += 1
+            if not is_conf_change(known.entry):
+                continue
+            try:
+                change = decode_conf_change(known.entry.data)
+            except msgspec.DecodeError:
+                continue
+            self.committed_conf = change.conf_after()
+
+    def _check_one_pending_change(self, view: NodeView, log: LogView, which: str) -> None:
+        pending = [e.index for e in log.entries if e.index > self.max_commit and is_conf_change(e)]
+        if len(pending) > 1:
+            raise MembershipViolation(
+                f"membership: the {which} of n{view.id} holds {len(pending)} uncommitted "
+                f"conf changes (at indexes {pending}); at most one may be pending"
             )

@@ -29,6 +29,10 @@ Pieces:
 * :meth:`Cluster.check_liveness` (with :meth:`Cluster.heal_all` and the
   ``await_*`` helpers) is the liveness phase; :mod:`raft.sim.chaos` has seeded
   random fault schedules.
+* Membership: ``spares`` extra nodes start outside the configuration (an
+  empty one, as a member started to join an existing cluster) and
+  :meth:`Cluster.conf_change` adds, promotes and removes nodes.  The liveness
+  phase asks progress only of the members of the leader's configuration.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import msgspec
 
 from raft.core import Config, RaftCore
 from raft.errors import RequestDropped
+from raft.membership import ConfChange
 from raft.messages import ConfState, Entry, Snapshot, SnapshotMeta
 from raft.ready import Role
 from raft.sim.checkers import (
@@ -189,6 +194,7 @@ class Cluster:
         size: int = 3,
         seed: int = 0,
         *,
+        spares: int = 0,
         config: Config | None = None,
         core_factory: CoreFactory = RaftCore,
         disk_factory: DiskFactory = MemoryDisk,
@@ -198,14 +204,15 @@ class Cluster:
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
-        self.ids = list(range(1, size + 1))
-        self.conf = ConfState(voters=tuple(self.ids))
+        self.ids = list(range(1, size + spares + 1))
+        self.conf = ConfState(voters=tuple(range(1, size + 1)))
+        """The initial configuration (spares are outside it)."""
         self.base_config = config or Config(id=1)
         self.core_factory = core_factory
         self.time = 0
         self.trace: deque[str] = deque(maxlen=trace_limit)
         self.network = Network(self._log)
-        self.checker = checker if checker is not None else SafetyChecker(self.ids)
+        self.checker = checker if checker is not None else SafetyChecker(self.conf.voters)
         self.auto_check = auto_check
         self.events: list[Event] = []
         self.max_commit = 0
@@ -216,12 +223,16 @@ class Cluster:
         """Nodes whose disk refused to start, and why."""
         self.corrupted: set[int] = set()
         """Nodes whose disk had a bit flipped (:meth:`corrupt`)."""
-        self.nodes = {i: SimNode(i, disk_factory(self.conf)) for i in self.ids}
+        self.conf_changes_accepted = 0
+        self.nodes = {
+            i: SimNode(i, disk_factory(self.conf if i <= size else ConfState())) for i in self.ids
+        }
         self._checked_at = -1
         for node in self.nodes.values():
             self._start(node)
         self._log(
-            f"cluster of {size} nodes, seed {seed}, election_tick "
+            f"cluster of {size} nodes{f' (+{spares} spares)' if spares else ''}, seed {seed}, "
+            f"election_tick "
             f"{self.base_config.election_tick}, pre_vote {self.base_config.pre_vote}, "
             f"check_quorum {self.base_config.check_quorum}"
         )
@@ -511,6 +522,23 @@ class Cluster:
             self._after_input(node)
         self._step_done()
 
+    def conf_change(self, node_id: int, change: ConfChange) -> int | None:
+        """Propose a membership change at ``node_id``; its index if accepted."""
+        self._begin(f"n{node_id} conf change {change.type.name} n{change.node_id}")
+        node = self._node(node_id)
+        index: int | None = None
+        if node is not None and node.core is not None:
+            try:
+                index = node.core.propose_conf_change(change)
+            except RequestDropped as exc:
+                self._log(f"  conf change refused: {exc.reason}")
+            else:
+                self.conf_changes_accepted += 1
+                self._log(f"  accepted at index {index}")
+            self._after_input(node)
+        self._step_done()
+        return index
+
     def campaign(self, node_id: int) -> None:
         self._begin(f"n{node_id} campaign")
         node = self._node(node_id)
@@ -534,7 +562,9 @@ class Cluster:
             storage = node.disk.storage
             index = min(node.applied_index - keep, storage.last_index())
             if index >= storage.first_index():
-                meta = SnapshotMeta(index=index, term=storage.term(index), conf=self.conf)
+                meta = SnapshotMeta(
+                    index=index, term=storage.term(index), conf=node.core.conf_state_at(index)
+                )
                 image = [e for e in node.state if e.index <= index]
                 snapshot = Snapshot(meta, encode_image(image))
                 if power_cut_after is None:
@@ -702,9 +732,31 @@ class Cluster:
             if node.core is not None and node.core.role is Role.LEADER
         ]
 
-    def stable_leader(self) -> int | None:
-        """The leader every live node agrees on, in the highest term, if any."""
+    def members(self) -> list[int]:
+        """The members (voters and learners) of the configuration of the leader
+        of the highest term, or of the node with the most up-to-date log when
+        there is no leader.  Nodes outside it (removed, or spares never added)
+        are not asked to make progress."""
         up = [node.core for node in self.nodes.values() if node.core is not None]
+        if not up:
+            return []
+        leaders = [c for c in up if c.role is Role.LEADER]
+        if leaders:
+            source = max(leaders, key=lambda c: c.term)
+        else:
+            source = max(up, key=lambda c: (c.log.last_term(), c.log.last_index()))
+        conf = source.conf_state()
+        return sorted(set(conf.voters) | set(conf.learners))
+
+    def stable_leader(self) -> int | None:
+        """The leader every live member agrees on, in the highest term among
+        members, if any."""
+        members = set(self.members())
+        up = [
+            node.core
+            for node in self.nodes.values()
+            if node.core is not None and node.id in members
+        ]
         if not up:
             return None
         term = max(core.term for core in up)
@@ -766,10 +818,11 @@ class Cluster:
         return 10 * 2 * self.base_config.election_tick
 
     def await_applied(self, data: Iterable[bytes], max_ticks: int | None = None) -> None:
-        """Wait until every healthy node has applied every value in ``data``."""
+        """Wait until every healthy member has applied every value in ``data``."""
         wanted = list(data)
         limit = max_ticks if max_ticks is not None else self.election_bound()
-        healthy = [self.nodes[i] for i in self.healthy()]
+        members = set(self.members())
+        healthy = [self.nodes[i] for i in self.healthy() if i in members]
 
         def done() -> bool:
             return all(
@@ -786,8 +839,9 @@ class Cluster:
         Nodes whose disk refused to start are left out: with a majority of
         healthy voters, progress is still required of all the others."""
         self.heal_all()
-        healthy = self.healthy()
         leader = self.await_leader()
+        members = set(self.members())
+        healthy = [i for i in self.healthy() if i in members]
         values = [f"{tag}-{k}".encode() for k in range(proposals)]
         for k, value in enumerate(values):
             # Alternate between the leader and a follower (which forwards).
