@@ -55,6 +55,8 @@ class CorruptNemesis:
     def __init__(self) -> None:
         self.tally: Counter[str] = Counter()
         self._pending: dict[str, Corruption] = {}  # member -> damage not yet undone
+        self.fail_stopped: set[str] = set()
+        """Members stopped by Raft after a cut tail that do not stay up yet."""
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -82,7 +84,8 @@ class CorruptNemesis:
             with trio.CancelScope(shield=True):  # never leave a member down or damaged
                 await self._corrupt_and_check(env, event, target, mode, fault.params["seed"])
         finally:
-            env.busy.discard(target)
+            if target not in self.fail_stopped:
+                env.busy.discard(target)
         event.end = env.now()
         self.tally[event.outcome] += 1
         return event
@@ -174,7 +177,11 @@ class CorruptNemesis:
                 if env.cluster.pid_of(target) is not None:
                     event.details["back_after_restarts"] = attempt
                     return
-        event.details["back_after_restarts"] = None  # the final heal tries again
+        # While the same leader leads, it counts the lost entries as the member's
+        # and stops it again: leave it down (its exits are expected) until the heal.
+        event.details["back_after_restarts"] = None
+        self.fail_stopped.add(target)
+        env.log(f"nemesis: {target} stays down until the faults are healed")
 
     async def _start(self, env: NemesisEnv, target: str) -> str | None:
         """Start ``target``; ``None`` if it serves, else why it did not."""
@@ -185,6 +192,11 @@ class CorruptNemesis:
         return None
 
     async def heal_all(self, env: NemesisEnv) -> None:
+        for target in sorted(self.fail_stopped):
+            self.fail_stopped.discard(target)
+            env.busy.discard(target)
+            if env.cluster.pid_of(target) is None:
+                await self._start(env, target)
         for target, damage in list(self._pending.items()):
             if env.cluster.pid_of(target) is None:
                 damage.restore()
