@@ -2,8 +2,10 @@
 
 A flipped WAL bit makes the member refuse to start (exit status 1, an error
 naming the file); with the bytes restored it starts again.  A torn write is
-recovered from; so is a cut last record (possibly after a fail-stop).  Either
-way the member ends up serving the committed data.
+recovered from.  Either way the member ends up serving the committed data.
+(Cutting the last record as written is covered on storage files in
+test_jepsen_harness.py: whether the cut entries had been acknowledged, which
+decides between recovery and a fail-stop, depends on timing.)
 """
 
 from __future__ import annotations
@@ -60,13 +62,6 @@ def test_flipped_bits_are_refused_and_torn_tails_recovered(tmp_path: Path) -> No
             assert cluster.pid_of("n2") is not None
             assert await read_on_n2() == expected
         assert dict(nemesis.tally) == {"refused": 1, "recovered": 1}
-        # Cutting the last record as written may take entries n2 had acknowledged
-        # (then Raft stops it and the nemesis starts it until it stays up).
-        fault = PlannedFault(0, "corrupt", {"target": "n2", "mode": "torn-tail", "seed": 7}, 0)
-        event = await nemesis.apply(env, fault)
-        assert event.outcome in ("recovered", "fail-stop"), event
-        assert event.anomaly is None, event.anomaly
-        assert await read_on_n2() == expected
 
     try:
         trio.run(main)
