@@ -164,6 +164,7 @@ class _Run:
         self.timeline: dict[str, float] = {}
         self.recovery: dict[str, Any] = {}
         self.schedule: list[PlannedFault] = []
+        self.down_at_end: list[str] = []
         self._clients = itertools.count()
 
     # -- The run ----------------------------------------------------------------------
@@ -332,6 +333,7 @@ class _Run:
                 self.log(f"healing {nemesis.name} failed: {exc}")
         for nemesis in self.nemeses:
             await nemesis.close(self.env)
+        self.down_at_end = [m.name for m in self.cluster.members if m.pid is None]
         await self.cluster.stop_async()
         self.log("members stopped")
 
@@ -370,6 +372,7 @@ class _Run:
             "fault_counts": dict(sorted(fault_counts.items())),
             "anomalies": self.anomalies,
             "recovery": self.recovery,
+            "members_down_at_end": self.down_at_end,
             "timeline": {k: round(v, 3) for k, v in self.timeline.items()},
         }
         for nemesis in self.nemeses:
@@ -412,6 +415,8 @@ class _Run:
         if "corruption" in results:
             tally = ", ".join(f"{k} {n}" for k, n in results["corruption"].items()) or "none"
             lines.append(f"corruption: {tally}")
+        if self.down_at_end:
+            lines.append(f"members down at the end: {', '.join(self.down_at_end)}")
         for name, skipped in self.skipped.items():
             lines.append(f"nemesis {name}: {skipped}")
         recovery = results["recovery"]

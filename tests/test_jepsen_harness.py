@@ -16,6 +16,7 @@ from jepsen_like.cluster import member_addresses
 from jepsen_like.history import Operation
 from jepsen_like.nemesis import NEMESES, make_nemesis, plan_schedule
 from jepsen_like.nemesis.corruption import (
+    append_partial_record,
     flip_snapshot_bit,
     flip_wal_bit,
     referenced_snapshot,
@@ -339,3 +340,17 @@ def test_the_snapshot_flipped_is_the_one_the_wal_refers_to(tmp_path: Path) -> No
         damage = flip_snapshot_bit(tmp_path, random.Random(seed))
         assert damage is not None and damage.path == referenced
         damage.restore()
+
+
+def test_a_torn_write_is_recovered_losing_nothing_and_restore_undoes_it(tmp_path: Path) -> None:
+    _storage_with_snapshot(tmp_path)
+    segment = sorted((tmp_path / "wal").glob("*.wal"))[-1]
+    before = segment.read_bytes()
+    damage = append_partial_record(tmp_path, random.Random(3))
+    assert damage is not None and damage.mode == "torn-write"
+    assert len(segment.read_bytes()) > len(before)
+    damage.restore()
+    assert segment.read_bytes() == before
+    append_partial_record(tmp_path, random.Random(4))
+    with DiskStorage(tmp_path) as disk:
+        assert disk.last_index() == 41  # only the partial record is dropped

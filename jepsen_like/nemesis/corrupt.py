@@ -28,6 +28,7 @@ import trio
 from jepsen_like.nemesis.base import FaultEvent, NemesisEnv, PlannedFault
 from jepsen_like.nemesis.corruption import (
     Corruption,
+    append_partial_record,
     flip_snapshot_bit,
     flip_wal_bit,
     tear_wal_tail,
@@ -36,8 +37,14 @@ from kvstore.local_cluster import ClusterError
 
 __all__ = ["MODES", "CorruptNemesis"]
 
-MODES = ("flip-wal", "flip-snap", "torn-tail")
+MODES = ("flip-wal", "flip-snap", "torn-tail", "torn-write")
+TORN = ("torn-tail", "torn-write")
 RESTART_TIMEOUT = 30.0
+STAY_UP_SECONDS = 3.0
+"""How long a member must stay up after a torn tail to count as recovered."""
+RESTART_ATTEMPTS = 5
+LOST_ACKNOWLEDGED = "beyond last index"
+"""What Raft says when the leader commits entries a member lost (raft/log.py)."""
 
 
 class CorruptNemesis:
@@ -48,6 +55,8 @@ class CorruptNemesis:
     def __init__(self) -> None:
         self.tally: Counter[str] = Counter()
         self._pending: dict[str, Corruption] = {}  # member -> damage not yet undone
+        self.fail_stopped: set[str] = set()
+        """Members stopped by Raft after a cut tail that do not stay up yet."""
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -75,7 +84,8 @@ class CorruptNemesis:
             with trio.CancelScope(shield=True):  # never leave a member down or damaged
                 await self._corrupt_and_check(env, event, target, mode, fault.params["seed"])
         finally:
-            env.busy.discard(target)
+            if target not in self.fail_stopped:
+                env.busy.discard(target)
         event.end = env.now()
         self.tally[event.outcome] += 1
         return event
@@ -102,13 +112,9 @@ class CorruptNemesis:
         event.details.update(file=str(damage.path), damage=damage.description)
         env.log(f"nemesis: {damage.path.name}: {damage.description}; restarting {target}")
         error = await self._start(env, target)
-        if damage.mode == "torn-tail":
+        if damage.mode in TORN:
             self._pending.pop(target, None)
-            if error is None:
-                event.outcome = "recovered"
-            else:
-                event.outcome = "failed"
-                event.anomaly = f"{target} did not recover from a torn WAL tail: {error}"
+            await self._judge_torn(env, event, target, damage.mode, error)
             return
         if error is None:
             event.outcome = "undetected"
@@ -129,6 +135,54 @@ class CorruptNemesis:
         if restore_error is not None and event.anomaly is None:
             event.anomaly = f"{target} did not start after its files were restored: {restore_error}"
 
+    async def _judge_torn(
+        self, env: NemesisEnv, event: FaultEvent, target: str, mode: str, error: str | None
+    ) -> None:
+        """After a torn tail: the member must start and stay up (``recovered``).
+
+        ``torn-tail`` cuts the last record *as written*, which may hold entries
+        the member had already made durable and acknowledged (only a disk that
+        loses fsynced data does that).  The leader then still counts them as
+        the member's, and its next heartbeat commits past the member's log:
+        Raft stops the member (``SafetyViolation: commit N beyond last index
+        M``, etcd panics alike) rather than diverge.  That is ``fail-stop``, not
+        an anomaly; the member is started again until it stays up (a new
+        leader no longer counts the lost entries).  A ``torn-write`` (a partial
+        record that was never complete, so never acknowledged) must always
+        recover.
+        """
+        if error is None:
+            with trio.move_on_after(STAY_UP_SECONDS):
+                while env.cluster.pid_of(target) is not None:
+                    await trio.sleep(0.1)
+            if env.cluster.pid_of(target) is not None:
+                event.outcome = "recovered"
+                return
+            error = f"{target} exited with code {env.cluster.exit_code(target)} after starting"
+        cause = _log_tail(env, target)
+        event.details["error"] = f"{error}; log: {cause}"[-600:]
+        if mode != "torn-tail" or LOST_ACKNOWLEDGED not in cause:
+            event.outcome = "failed"
+            event.anomaly = f"{target} did not recover from a {mode}: {error} ({cause})"
+            return
+        event.outcome = "fail-stop"
+        event.details["note"] = (
+            "the cut record held entries the member had acknowledged; Raft stopped it"
+        )
+        env.log(f"nemesis: {target} stopped after losing acknowledged entries; restarting it")
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            await trio.sleep(2.0)
+            if await self._start(env, target) is None:
+                await trio.sleep(STAY_UP_SECONDS)
+                if env.cluster.pid_of(target) is not None:
+                    event.details["back_after_restarts"] = attempt
+                    return
+        # While the same leader leads, it counts the lost entries as the member's
+        # and stops it again: leave it down (its exits are expected) until the heal.
+        event.details["back_after_restarts"] = None
+        self.fail_stopped.add(target)
+        env.log(f"nemesis: {target} stays down until the faults are healed")
+
     async def _start(self, env: NemesisEnv, target: str) -> str | None:
         """Start ``target``; ``None`` if it serves, else why it did not."""
         try:
@@ -138,6 +192,11 @@ class CorruptNemesis:
         return None
 
     async def heal_all(self, env: NemesisEnv) -> None:
+        for target in sorted(self.fail_stopped):
+            self.fail_stopped.discard(target)
+            env.busy.discard(target)
+            if env.cluster.pid_of(target) is None:
+                await self._start(env, target)
         for target, damage in list(self._pending.items()):
             if env.cluster.pid_of(target) is None:
                 damage.restore()
@@ -155,4 +214,17 @@ def _damage(mode: str, raft_dir: Any, rng: random.Random) -> Corruption | None:
         return flip_snapshot_bit(raft_dir, rng)
     if mode == "torn-tail":
         return tear_wal_tail(raft_dir, rng)
+    if mode == "torn-write":
+        return append_partial_record(raft_dir, rng)
     raise ValueError(f"unknown corruption mode {mode!r}")
+
+
+def _log_tail(env: NemesisEnv, name: str) -> str:
+    """The last lines of member ``name``'s log that say why it stopped."""
+    try:
+        text = env.cluster.member(name).log_path.read_bytes()[-8192:].decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if "Error" in line or "Violation" in line]
+    return " | ".join((useful or lines)[-2:])

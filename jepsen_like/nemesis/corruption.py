@@ -13,8 +13,11 @@ header crc`` and the payload) and :mod:`raft.snapshot_file`
   member was killed between writing it and recording it, and is never read):
   the member must refuse to start, naming the file;
 * :func:`tear_wal_tail` cuts a few bytes off the last record of the last
-  segment, as a crash in the middle of a write would: the member must recover
-  (drop the partial record) and start.
+  segment: the member must drop the partial record and start (the record may
+  have been acknowledged already, see :mod:`jepsen_like.nemesis.corrupt`);
+* :func:`append_partial_record` appends the first bytes of a further record,
+  as a crash in the middle of a write would leave them: the member must drop
+  them and start.
 
 Each returns a :class:`Corruption` that remembers the original bytes, so
 :meth:`Corruption.restore` puts the file back exactly; or ``None`` when there
@@ -37,6 +40,7 @@ from raft.wal import InstallSnapshotRecord, Record, SegmentStart, SnapshotRecord
 
 __all__ = [
     "Corruption",
+    "append_partial_record",
     "flip_snapshot_bit",
     "flip_wal_bit",
     "referenced_snapshot",
@@ -58,12 +62,16 @@ class Corruption:
     description: str
     original: bytes
     """The file's original bytes at ``offset`` (to its end, for a cut file)."""
+    size: int
+    """The file's original size."""
 
     def restore(self) -> None:
-        """Put the file back as it was (rewrite the bytes at ``offset``, then fsync)."""
+        """Put the file back as it was (rewrite the bytes at ``offset``, restore
+        the size, fsync)."""
         with self.path.open("r+b") as f:
             f.seek(self.offset)
             f.write(self.original)
+            f.truncate(self.size)
             f.flush()
             os.fsync(f.fileno())
 
@@ -90,6 +98,7 @@ def _segments(raft_dir: Path) -> list[Path]:
 
 
 def _flip(path: Path, offset: int, bit: int, mode: str, what: str) -> Corruption:
+    size = path.stat().st_size
     with path.open("r+b") as f:
         f.seek(offset)
         original = f.read(1)
@@ -97,7 +106,8 @@ def _flip(path: Path, offset: int, bit: int, mode: str, what: str) -> Corruption
         f.write(bytes([original[0] ^ (1 << bit)]))
         f.flush()
         os.fsync(f.fileno())
-    return Corruption(mode, path, offset, f"flipped bit {bit} at byte {offset} ({what})", original)
+    description = f"flipped bit {bit} at byte {offset} ({what})"
+    return Corruption(mode, path, offset, description, original, size)
 
 
 def flip_wal_bit(raft_dir: Path, rng: random.Random) -> Corruption | None:
@@ -169,4 +179,28 @@ def tear_wal_tail(raft_dir: Path, rng: random.Random) -> Corruption | None:
         f.flush()
         os.fsync(f.fileno())
     description = f"cut {cut} of the {size} bytes of the last record (at byte {offset})"
-    return Corruption("torn-tail", path, keep, description, data[keep:])
+    return Corruption("torn-tail", path, keep, description, data[keep:], len(data))
+
+
+def append_partial_record(raft_dir: Path, rng: random.Random) -> Corruption | None:
+    """Append 1..size-1 bytes of a copy of the last record to the last segment:
+    a write cut short by a crash, never complete, so never acknowledged."""
+    segments = _segments(raft_dir)
+    if not segments:
+        return None
+    path = segments[-1]
+    data = path.read_bytes()
+    records = wal_records(data)
+    if not records:
+        return None
+    offset, size = records[-1]
+    keep = rng.randrange(1, size)
+    end = offset + size
+    with path.open("r+b") as f:
+        f.seek(end)
+        f.write(data[offset : offset + keep])
+        f.truncate(end + keep)
+        f.flush()
+        os.fsync(f.fileno())
+    description = f"appended {keep} of {size} bytes of a record at byte {end} (a torn write)"
+    return Corruption("torn-write", path, end, description, data[end:], len(data))
