@@ -27,6 +27,7 @@ from cli.errors import CliError
 from cli.member_command import member_id_callback
 from kvstore.config import MemberConfig, format_address, parse_address, parse_initial_cluster
 from kvstore.server import Member
+from raft.errors import SafetyViolation
 
 log = logging.getLogger("kvctl.server")
 
@@ -155,6 +156,17 @@ def server(
     except Exception as exc:
         if _address_in_use(exc):
             raise CliError(f"address already in use: {_busy(config)}") from None
+        violation = _safety_violation(exc)
+        if violation is not None:
+            # The log on disk disagrees with what this member told its peers
+            # (e.g. a WAL that lost fsynced records): stop, as etcd does, and
+            # say what to do rather than print a traceback.
+            raise CliError(
+                f"member {config.name} stopped: {violation}; its data directory "
+                f"{config.data_dir} lost entries it had acknowledged (truncated or "
+                "damaged WAL?). Do not restart it as it is: remove the member "
+                "(kvctl member remove) and add it back with an empty data directory"
+            ) from None
         raise
 
 
@@ -165,6 +177,13 @@ def _profiled(path: Path, config: MemberConfig) -> None:
     finally:
         profiler.dump_stats(path)
         log.info("CPU profile written to %s", path)
+
+
+def _safety_violation(exc: BaseException) -> SafetyViolation | None:
+    if isinstance(exc, BaseExceptionGroup):
+        found = (_safety_violation(inner) for inner in exc.exceptions)
+        return next((v for v in found if v is not None), None)
+    return exc if isinstance(exc, SafetyViolation) else None
 
 
 def _address_in_use(exc: BaseException) -> bool:

@@ -342,6 +342,24 @@ def test_server_reports_an_address_in_use(tmp_path: Path) -> None:
     assert f"client address 127.0.0.1:{base}" in line
 
 
+def test_server_stops_with_one_line_on_a_raft_safety_violation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member whose log lost acknowledged entries stops (as etcd panics), with
+    one line saying what happened and what to do, not a traceback."""
+    from cli import server_command
+    from raft.errors import SafetyViolation
+
+    async def broken_member(config: MemberConfig) -> None:
+        raise ExceptionGroup("member", [SafetyViolation("commit 12 beyond last index 11")])
+
+    monkeypatch.setattr(server_command, "serve", broken_member)
+    line = assert_one_error_line(
+        CliRunner().invoke(cli, ["server", "--name", "n1", "--data-dir", str(tmp_path / "d")])
+    )
+    assert "commit 12 beyond last index 11" in line and "member remove" in line
+
+
 @contextmanager
 def listening(port: int) -> Iterator[None]:
     """A plain socket listening on ``port`` for the duration of a ``with``."""
