@@ -3,6 +3,7 @@ memory under a mock clock, and one cluster over real loopback TCP."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -149,6 +150,53 @@ def test_read_index_reflects_every_acknowledged_write() -> None:
                 for _ in range(20):
                     nursery.start_soon(read)
             assert len(results) == 20 and min(results) >= index
+
+    trio.run(main, clock=mock_clock())
+
+
+def test_read_rounds_are_paced_and_a_lone_read_is_not_delayed() -> None:
+    """Under a stream of reads, rounds start at most once per
+    ``read_round_interval`` and are shared; a read after a quiet spell starts
+    its round at once; every read sees every write acknowledged before it."""
+
+    async def main() -> None:
+        async with memory_cluster() as cluster:
+            leader = await cluster.leader()
+            interval = leader.config.read_round_interval
+            assert interval > 0
+            round_starts: list[float] = []
+            read_index = leader.core.read_index
+
+            def recording_read_index(context: bytes) -> None:
+                round_starts.append(trio.current_time())
+                read_index(context)
+
+            leader.core.read_index = recording_read_index  # type: ignore[method-assign]
+            index = await leader.propose(b"x")
+            assert index is not None
+            await trio.sleep(1)  # a quiet spell
+            started = trio.current_time()
+            assert await leader.read_index() >= index
+            assert round_starts == [started]  # no pacing wait
+
+            round_starts.clear()
+            reads = 0
+
+            async def reader(delay: float) -> None:
+                nonlocal reads
+                await trio.sleep(delay)
+                for _ in range(20):
+                    assert await leader.read_index() >= index
+                    reads += 1
+                    await trio.sleep(delay)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(20):
+                    nursery.start_soon(reader, n * interval / 20)
+            assert reads == 400
+            gaps = [b - a for a, b in itertools.pairwise(round_starts)]
+            assert min(gaps) >= interval * 0.999
+            assert len(round_starts) < reads / 5  # rounds are shared
 
     trio.run(main, clock=mock_clock())
 
