@@ -287,30 +287,55 @@ class Member:
 
         Watch requests are streams and go through :meth:`open_watch` instead.
         """
-        if self.stopping or self.node is None:
-            return _error(ErrorCode.STOPPED, "member is not serving", definite=True)
-        if isinstance(request, api.StatusRequest):
-            return self._status()
-        error = validate_request(request, lease_exists=lambda lease: True)
-        if error is not None:
-            return error
+        answer = self.answer_now(request)
+        if answer is not None:
+            return answer
         if isinstance(request, api.RangeRequest):
-            return await self._read(request)
+            return (await self.read_linearizable([request]))[0]
         if isinstance(request, api.LeaseGrantRequest):
             lease_id = request.id or (secrets.randbits(62) + 1)
             ttl = max(request.ttl, self.min_lease_ttl)
             return await self._write(api.LeaseGrantRequest(id=lease_id, ttl=ttl))
+        if isinstance(request, api.LeaseLeasesRequest):
+            return await self._leases()
+        if isinstance(request, _WRITES):
+            return await self._write(request)
+        raise AssertionError(f"answer_now answers {type(request).__name__}")  # pragma: no cover
+
+    def answer_now(self, request: Request) -> Response | Error | None:
+        """The answer to ``request`` if it needs no waiting (a status, a
+        serializable read, a keep-alive, a refusal), else None: then
+        :meth:`handle` it.  Never raises for a request's content."""
+        if self.stopping or self.node is None:
+            return _error(ErrorCode.STOPPED, "member is not serving", definite=True)
+        if isinstance(request, api.StatusRequest):
+            return self._status()
+        error = validate_request(request, lease_exists=_any_lease)
+        if error is not None:
+            return error
+        if isinstance(request, api.RangeRequest):
+            if request.serializable:
+                return self._with_header(self.state.read(request))
+            return None
         if isinstance(request, api.LeaseKeepAliveRequest):
             return self._keep_alive(request)
         if isinstance(request, api.LeaseTimeToLiveRequest):
             return self._time_to_live(request)
-        if isinstance(request, api.LeaseLeasesRequest):
-            return await self._leases()
         if isinstance(
             request, (api.WatchCreateRequest, api.WatchCancelRequest, api.WatchProgressRequest)
         ):
             return _error(ErrorCode.INVALID_ARGUMENT, "watch requests are streams", True)
-        return await self._write(request)
+        return None
+
+    async def read_linearizable(self, requests: list[api.RangeRequest]) -> list[Response | Error]:
+        """Answers to ``requests`` (already checked by :meth:`answer_now`), in
+        order, all served after one ReadIndex wait: each reflects every write
+        acknowledged before the call."""
+        error = await self._linearize()
+        if error is not None:
+            return [error] * len(requests)
+        read = self.state.read
+        return [self._with_header(read(request)) for request in requests]
 
     def _not_leader(self) -> Error | None:
         """None on the leader; otherwise the error that sends the client there."""
@@ -427,13 +452,6 @@ class Member:
             return None
         return _error(ErrorCode.TIMEOUT, "linearizable read timed out", definite=True)
 
-    async def _read(self, request: api.RangeRequest) -> Response | Error:
-        if not request.serializable:
-            error = await self._linearize()
-            if error is not None:
-                return error
-        return self._with_header(self.state.read(request))
-
     def _status(self) -> api.StatusResponse:
         node = self.node
         assert node is not None
@@ -465,6 +483,19 @@ class Member:
         if isinstance(response, Error):
             return response
         return msgspec.structs.replace(response, header=self._header(response.header.revision))
+
+
+_WRITES = (
+    api.PutRequest,
+    api.DeleteRangeRequest,
+    api.TxnRequest,
+    api.CompactionRequest,
+    api.LeaseRevokeRequest,
+)
+
+
+def _any_lease(lease: int) -> bool:
+    return True  # the state machine checks leases when the write applies
 
 
 def _error(code: ErrorCode, message: str, definite: bool) -> Error:
