@@ -31,7 +31,7 @@ from kvstore.compactor import PeriodicCompactor, RevisionCompactor
 from kvstore.config import MemberConfig, format_address
 from kvstore.lease import Lessor, minimum_ttl
 from kvstore.listener import serve_clients
-from kvstore.state_machine import KVStateMachine
+from kvstore.state_machine import FrozenState, KVStateMachine
 from kvstore.validation import validate_request
 from kvstore.watch import WatchHub
 from kvstore.watch_stream import WatchStream
@@ -82,6 +82,10 @@ class Member:
         self.min_lease_ttl = minimum_ttl(config.election_timeout)
         self.watches = WatchHub(lambda: self.state.store)
         self._watch_ids = itertools.count(1)
+        self._snapshot_wanted: FrozenState | None = None
+        """The state to save as the next snapshot, until it is saved."""
+        self._snapshot_due = trio.Event()
+        self._storage_in_thread = False
 
     # -- Life cycle ---------------------------------------------------------------------
 
@@ -98,6 +102,7 @@ class Member:
         config = self.config
         storage = self._open_storage()
         self._storage = storage
+        self._storage_in_thread = isinstance(storage, DiskStorage)
         try:
             async with trio.open_nursery() as nursery:
                 # Clients first: the peers learn our client address when we dial them.
@@ -121,7 +126,7 @@ class Member:
                     tick_interval=config.tick_interval,
                     snapshot_count=config.snapshot_count,
                     snapshot_catchup_entries=config.snapshot_catchup_entries,
-                    storage_in_thread=isinstance(storage, DiskStorage),
+                    storage_in_thread=self._storage_in_thread,
                 )
                 node = RaftNode(node_config, storage, transport, random.Random())
                 await nursery.start(node.run)
@@ -130,6 +135,7 @@ class Member:
                     node.campaign()  # alone: no need to wait out an election timeout
                 self.peer_address = (config.listen_peer[0], transport.bound_port)
                 nursery.start_soon(self._apply_loop)
+                nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._leadership_loop)
                 nursery.start_soon(self._expiry_loop)
                 if config.auto_compaction_retention or config.auto_compaction_period:
@@ -178,9 +184,27 @@ class Member:
                         pending.done.set()
             self._applied_changed.set()
             self._applied_changed = trio.Event()
-            applied = self.state.applied_index
-            if node.snapshot_due(applied):
-                await node.save_snapshot(applied, self.state.snapshot())
+            if self._snapshot_wanted is None and node.snapshot_due(self.state.applied_index):
+                self._snapshot_wanted = self.state.freeze()
+                self._snapshot_due.set()
+
+    async def _snapshot_loop(self) -> None:
+        """Save the snapshots the apply loop asks for, one at a time.  The
+        state was frozen at its index; encoding it (in a worker thread with
+        disk storage) and writing it out do not hold up applying."""
+        node = self.node
+        assert node is not None
+        while True:
+            await self._snapshot_due.wait()
+            self._snapshot_due = trio.Event()
+            frozen = self._snapshot_wanted
+            assert frozen is not None
+            if self._storage_in_thread:
+                data = await trio.to_thread.run_sync(frozen.encode)
+            else:
+                data = frozen.encode()
+            await node.save_snapshot(frozen.index, data)
+            self._snapshot_wanted = None
 
     def _after_apply(self, request: WriteRequest, response: Response | Error) -> None:
         """Keep the leader's expiry clock in step with the lease table."""

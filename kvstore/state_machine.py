@@ -13,6 +13,9 @@ and computes the same results, events and snapshots.
   ReadIndex round, or a serializable read).
 * :meth:`KVStateMachine.snapshot` / :meth:`KVStateMachine.restore` carry the
   whole state (applied index, revision, compacted revision, full history).
+  :meth:`KVStateMachine.freeze` takes the state cheaply (a few milliseconds
+  for 100,000 keys) as a :class:`FrozenState` whose :meth:`~FrozenState.encode`
+  gives the same bytes and may run in a worker thread while applying goes on.
 
 Responses carry ``header.revision`` (the store's revision after the request);
 ``cluster_id``, ``member_id`` and ``raft_term`` are the server's to fill.
@@ -47,7 +50,7 @@ from kvstore.lease import LeaseRecord, LeaseTable
 from kvstore.mvcc import MVCCStore, StoreDump, WriteResult
 from kvstore.validation import validate_request
 
-__all__ = ["ApplyResult", "KVStateMachine", "KVStatus", "SNAPSHOT_FORMAT"]
+__all__ = ["SNAPSHOT_FORMAT", "ApplyResult", "FrozenState", "KVStateMachine", "KVStatus"]
 
 SNAPSHOT_FORMAT = 1
 """Version of the snapshot encoding written by :meth:`KVStateMachine.snapshot`."""
@@ -89,6 +92,59 @@ class _Snapshot(msgspec.Struct, array_like=True):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+_SNAPSHOT_ENCODE_CHUNK = 2048
+"""Versions encoded per call in :meth:`FrozenState.encode`: each call holds the
+GIL (a few milliseconds at most), so a thread encoding a large state lets the
+event loop in between calls."""
+
+
+def _msgpack_array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+class FrozenState:
+    """The state machine's state after applying ``index``, immutable.
+
+    Everything it refers to is immutable (versions and lease records) or its
+    own (the lists), so :meth:`encode` may run in another thread while the
+    state machine applies more entries.
+    """
+
+    def __init__(self, index: int, store: StoreDump, leases: list[LeaseRecord]) -> None:
+        self.index = index
+        self._store = store
+        self._leases = leases
+
+    def encode(self) -> bytes:
+        """The snapshot bytes (exactly :meth:`KVStateMachine.snapshot`'s).
+
+        The msgpack body is built in chunks, equal to encoding the whole
+        :class:`_Snapshot` at once: array headers written here, the versions
+        encoded ``_SNAPSHOT_ENCODE_CHUNK`` at a time with each chunk's own array header
+        dropped.
+        """
+        encode = _snapshot_encoder.encode
+        store = self._store
+        entries = store.entries
+        parts = [
+            b"\x93",  # _Snapshot: applied_index, store, leases
+            encode(self.index),
+            b"\x93",  # StoreDump: revision, compact_revision, entries
+            encode(store.revision),
+            encode(store.compact_revision),
+            _msgpack_array_header(len(entries)),
+        ]
+        for start in range(0, len(entries), _SNAPSHOT_ENCODE_CHUNK):
+            chunk = entries[start : start + _SNAPSHOT_ENCODE_CHUNK]
+            parts.append(encode(chunk)[len(_msgpack_array_header(len(chunk))) :])
+        parts.append(encode(self._leases))
+        body = b"".join(parts)
+        return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
 
 
 def _any_lease(lease: int) -> bool:
@@ -254,10 +310,11 @@ class KVStateMachine:
     def snapshot(self) -> bytes:
         """The whole state as bytes: a preamble (magic ``KVSM``, format
         version, CRC-32 of the body) and a msgpack body."""
-        body = _snapshot_encoder.encode(
-            _Snapshot(self._applied, self._store.dump(), self._leases.records())
-        )
-        return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
+        return self.freeze().encode()
+
+    def freeze(self) -> FrozenState:
+        """The state now, to encode later or elsewhere (see :class:`FrozenState`)."""
+        return FrozenState(self._applied, self._store.dump(), self._leases.records())
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a :meth:`snapshot`.

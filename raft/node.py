@@ -42,6 +42,11 @@ class PersistentStorage(Storage, Protocol):
 
     def persist(self, ready: Ready) -> None: ...
 
+    def stage_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Prepare :meth:`save_snapshot` (write the data out); may run in a
+        thread alongside the other calls."""
+        ...
+
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None: ...
 
     def compact(self, index: int) -> None: ...
@@ -141,7 +146,7 @@ class RaftNode:
         self._next_read_round = -math.inf
         """The earliest time the next read round may start."""
         self._transfers: list[int] = []
-        self._snapshots: list[tuple[int, bytes, _Waiter]] = []
+        self._snapshots: list[tuple[SnapshotMeta, bytes, _Waiter]] = []
         self._campaign = False
         self.leader = 0
         self.role = Role.FOLLOWER
@@ -200,9 +205,17 @@ class RaftNode:
     async def save_snapshot(self, index: int, data: bytes) -> None:
         """Persist ``data``, the application's state after applying ``index``,
         as a snapshot, then compact the log behind it (keeping
-        ``snapshot_catchup_entries``)."""
+        ``snapshot_catchup_entries``).
+
+        The node goes on meanwhile: the data is written out in a worker thread
+        (:meth:`PersistentStorage.stage_snapshot`), and only recording it waits
+        for the node's turn with the storage."""
+        if index <= self._snapshot_index:
+            return
+        meta = self._snapshot_meta(index)
+        await self._storage_call(self.storage.stage_snapshot, meta, data)
         waiter = _Waiter()
-        self._snapshots.append((index, data, waiter))
+        self._snapshots.append((meta, data, waiter))
         self._wakeup.set()
         await waiter.wait()
 
@@ -279,8 +292,8 @@ class RaftNode:
             except RequestDropped:
                 log.info("node %d: no leader to transfer leadership from", self.id)
         snapshots, self._snapshots = self._snapshots, []
-        for index, data, waiter in snapshots:
-            await self._save_snapshot(index, data)
+        for meta, data, waiter in snapshots:
+            await self._save_snapshot(meta, data)
             waiter.resolve()
 
     async def _handle_ready(self, ready: Ready) -> None:
@@ -367,12 +380,15 @@ class RaftNode:
                 waiter.resolve(error=error)
         self._read_queue, self._read_batch = [], None
 
-    async def _save_snapshot(self, index: int, data: bytes) -> None:
-        if index <= self._snapshot_index:
-            return
+    def _snapshot_meta(self, index: int) -> SnapshotMeta:
         core = self.core
         conf = ConfState(voters=tuple(sorted(core.voters)), learners=tuple(sorted(core.learners)))
-        meta = SnapshotMeta(index=index, term=core.log.term(index), conf=conf)
+        return SnapshotMeta(index=index, term=core.log.term(index), conf=conf)
+
+    async def _save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        index = meta.index
+        if index <= self._snapshot_index:
+            return
         await self._storage_call(self.storage.save_snapshot, meta, data)
         self._snapshot_index = index
         compact_to = index - self.config.snapshot_catchup_entries
