@@ -143,8 +143,11 @@ class FrozenState:
             chunk = entries[start : start + _SNAPSHOT_ENCODE_CHUNK]
             parts.append(encode(chunk)[len(_msgpack_array_header(len(chunk))) :])
         parts.append(encode(self._leases))
-        body = b"".join(parts)
-        return _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, zlib.crc32(body)) + body
+        checksum = 0
+        for part in parts:
+            checksum = zlib.crc32(part, checksum)
+        parts.insert(0, _PREAMBLE.pack(_MAGIC, SNAPSHOT_FORMAT, checksum))
+        return b"".join(parts)  # one copy of the body, not two
 
 
 def _any_lease(lease: int) -> bool:
