@@ -10,11 +10,12 @@ malformed or unknown request gets a definite error and the connection goes on.
 Per request the work is kept small, since a busy member serves thousands a
 second on one core: a request the handler can answer at once (a serializable
 read, a status) is answered inline; the linearizable reads that arrive
-together share one task and one ReadIndex wait; only writes and the rest get a
-task each.  Answers queue in an outbox that a writer task sends in one system
-call per batch.  A request holds one of the connection's ``max_inflight`` slots
-until its answer is written, so a client that sends without reading stalls
-its own connection, nothing else.
+together share one task and one ReadIndex wait, the puts, deletes and txns one
+task and one turn of the Raft node; the rest get a task each.  Answers queue
+in an outbox that a writer task sends in one system call per batch.  A
+request holds one of the connection's ``max_inflight`` slots until its answer
+is written, so a client that sends without reading stalls its own connection,
+nothing else.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from kvstore.api import Error, ErrorCode, Request, Response, ServerFrame
 from raft.framing import FrameError, FrameReader, encode_frame
 
 if TYPE_CHECKING:
+    from kvstore.commands import WriteRequest
     from kvstore.config import Address
     from kvstore.watch_stream import WatchStream
 
 log = logging.getLogger(__name__)
+
+_BATCHED_WRITES = (api.PutRequest, api.DeleteRangeRequest, api.TxnRequest)
 
 _KNOWN_REQUEST_TYPES = {
     tag for member in Request.__args__ if isinstance(tag := member.__struct_config__.tag, str)
@@ -49,6 +53,10 @@ class RequestHandler(Protocol):
 
     async def read_linearizable(self, requests: list[api.RangeRequest]) -> list[Response | Error]:
         """Answers to linearizable reads, in order, after one shared ReadIndex wait."""
+        ...
+
+    async def write_many(self, requests: list[WriteRequest]) -> list[Response | Error]:
+        """Answers to writes, in order, proposed together."""
         ...
 
     def open_watch(self, request: api.WatchCreateRequest) -> WatchStream | Error: ...
@@ -145,13 +153,17 @@ class _Connection:
     async def _read_loop(self, reader: FrameReader, nursery: trio.Nursery) -> None:
         handler = self._handler
         reads: list[tuple[int, api.RangeRequest]] = []
-        """Linearizable reads received together, answered by one task."""
+        writes: list[tuple[int, WriteRequest]] = []
+        """Linearizable reads, and writes, received together: one task for each list."""
         while True:
             payload = reader.read_buffered()
             if payload is None:
                 if reads:
                     nursery.start_soon(self._answer_reads, reads)
                     reads = []
+                if writes:
+                    nursery.start_soon(self._answer_writes, writes)
+                    writes = []
                 payload = await reader.read()
                 if payload is None:
                     return
@@ -195,12 +207,17 @@ class _Connection:
                     if reads:  # they hold slots: let them finish
                         nursery.start_soon(self._answer_reads, reads)
                         reads = []
+                    if writes:
+                        nursery.start_soon(self._answer_writes, writes)
+                        writes = []
                     await self._slots.acquire()
                 answer = handler.answer_now(request)
                 if answer is not None:
                     self._queue(request_id, answer)
                 elif isinstance(request, api.RangeRequest):
                     reads.append((request_id, request))
+                elif isinstance(request, _BATCHED_WRITES):
+                    writes.append((request_id, request))
                 else:
                     nursery.start_soon(self._answer, request_id, request)
 
@@ -253,6 +270,16 @@ class _Connection:
             error = Error(code=ErrorCode.INTERNAL, message="internal error", definite=True)
             responses = [error] * len(reads)
         for (request_id, _), response in zip(reads, responses, strict=True):
+            self._queue(request_id, response)
+
+    async def _answer_writes(self, writes: list[tuple[int, WriteRequest]]) -> None:
+        try:
+            responses = await self._handler.write_many([request for _, request in writes])
+        except Exception:
+            log.exception("client %s: %d writes failed", self._peer, len(writes))
+            error = Error(code=ErrorCode.INTERNAL, message="internal error", definite=False)
+            responses = [error] * len(writes)
+        for (request_id, _), response in zip(writes, responses, strict=True):
             self._queue(request_id, response)
 
     def _queue(self, request_id: int, response: Response | Error) -> None:

@@ -37,7 +37,7 @@ from kvstore.watch import WatchHub
 from kvstore.watch_stream import WatchStream
 from raft.core import Config
 from raft.disk_storage import DiskStorage
-from raft.errors import ProposalDropped, ReadIndexDropped, RequestDropped
+from raft.errors import ReadIndexDropped, RequestDropped
 from raft.messages import ConfState
 from raft.node import NodeConfig, RaftNode
 from raft.ready import Role
@@ -430,35 +430,60 @@ class Member:
         )
 
     async def _write(self, request: WriteRequest) -> Response | Error:
+        return (await self.write_many([request]))[0]
+
+    async def write_many(self, requests: list[WriteRequest]) -> list[Response | Error]:
+        """Answers to writes (already checked by :meth:`answer_now`), in order.
+
+        They are proposed together (one turn of the node) and each is answered
+        once applied, or with the error saying why not and whether it may
+        still happen; all within one ``request_timeout``."""
         node = self.node
         assert node is not None
-        seq = next(self._seq)
-        pending = _PendingWrite(node.core.term)
-        self._pending[seq] = pending
+        pending = [_PendingWrite(node.core.term) for _ in requests]
+        seqs = [next(self._seq) for _ in requests]
+        self._pending.update(zip(seqs, pending, strict=True))
         try:
+            commands = [
+                encode_command(Command(self.id, seq, request))
+                for seq, request in zip(seqs, requests, strict=True)
+            ]
             try:
-                await node.propose(encode_command(Command(self.id, seq, request)))
-            except ProposalDropped as dropped:
-                return _error(ErrorCode.NO_LEADER, f"no leader: {dropped.reason}", definite=True)
+                outcomes = await node.propose_batch(commands)
+            except RequestDropped as dropped:  # the node stopped first: none proposed
+                return [_error(ErrorCode.STOPPED, dropped.reason, definite=True)] * len(requests)
             with trio.move_on_after(self.config.request_timeout):
-                await pending.done.wait()
-            if pending.response is None:
-                if self.stopping:
-                    return _error(ErrorCode.STOPPED, "member stopped", definite=False)
-                if pending.done.is_set():
-                    return _error(
-                        ErrorCode.LEADER_CHANGED,
-                        "the leader changed before the write was applied; it may still be",
-                        definite=False,
-                    )
-                return _error(
-                    ErrorCode.TIMEOUT,
-                    "timed out waiting for the write to commit; it may still happen",
-                    definite=False,
-                )
-            return self._with_header(pending.response)
+                for write, outcome in zip(pending, outcomes, strict=True):
+                    if not isinstance(outcome, RequestDropped):
+                        await write.done.wait()
+            return [
+                self._write_answer(write, outcome)
+                for write, outcome in zip(pending, outcomes, strict=True)
+            ]
         finally:
-            self._pending.pop(seq, None)
+            for seq in seqs:
+                self._pending.pop(seq, None)
+
+    def _write_answer(
+        self, write: _PendingWrite, outcome: int | RequestDropped | None
+    ) -> Response | Error:
+        if isinstance(outcome, RequestDropped):
+            return _error(ErrorCode.NO_LEADER, f"no leader: {outcome.reason}", definite=True)
+        if write.response is not None:
+            return self._with_header(write.response)
+        if self.stopping:
+            return _error(ErrorCode.STOPPED, "member stopped", definite=False)
+        if write.done.is_set():
+            return _error(
+                ErrorCode.LEADER_CHANGED,
+                "the leader changed before the write was applied; it may still be",
+                definite=False,
+            )
+        return _error(
+            ErrorCode.TIMEOUT,
+            "timed out waiting for the write to commit; it may still happen",
+            definite=False,
+        )
 
     async def _linearize(self) -> Error | None:
         """Wait until this member's state reflects every write acknowledged

@@ -104,6 +104,19 @@ class _Waiter:
         return self.index
 
 
+class _ProposalBatch:
+    """Proposals handed to the core in one turn, and what became of each."""
+
+    __slots__ = ("data", "done", "error", "outcomes")
+
+    def __init__(self, data: list[bytes]) -> None:
+        self.data = data
+        self.done = trio.Event()
+        self.outcomes: list[int | RequestDropped | None] = []
+        self.error: RequestDropped | None = None
+        """Set when the node stopped before the core saw them."""
+
+
 @dataclass
 class _ReadBatch:
     """The read round in flight: its context and every read waiting on it."""
@@ -139,7 +152,7 @@ class RaftNode:
         self._ticks = 0
         self._ticks_this_step = 0
         self._incoming: deque[Message] = deque()
-        self._proposals: list[tuple[bytes, _Waiter]] = []
+        self._proposals: list[_ProposalBatch] = []
         self._read_queue: list[_Waiter] = []
         self._read_batch: _ReadBatch | None = None
         self._read_counter = 0
@@ -170,10 +183,24 @@ class RaftNode:
         """Hand ``data`` to the core; returns its index on the leader, ``None``
         when forwarded.  Raises :class:`~raft.errors.ProposalDropped` if it was
         refused (definitely not appended)."""
-        waiter = _Waiter()
-        self._proposals.append((data, waiter))
+        (outcome,) = await self.propose_batch([data])
+        if isinstance(outcome, RequestDropped):
+            raise outcome
+        return outcome
+
+    async def propose_batch(self, data: list[bytes]) -> list[int | RequestDropped | None]:
+        """Hand every item of ``data`` to the core in one turn, in order; for
+        each, its index on the leader, ``None`` when forwarded, or the
+        :class:`~raft.errors.ProposalDropped` that refused it (definitely not
+        appended).  Raises :class:`~raft.errors.RequestDropped` if the node
+        stopped before the core saw them (none appended)."""
+        batch = _ProposalBatch(data)
+        self._proposals.append(batch)
         self._wakeup.set()
-        return await waiter.wait()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.outcomes
 
     async def read_index(self) -> int:
         """A linearizable read point: once the application has applied the
@@ -245,8 +272,9 @@ class RaftNode:
                 await self._loop()
             finally:
                 self._fail_reads(LeadershipLost("node stopped"))
-                for _, waiter in self._proposals:
-                    waiter.resolve(error=RequestDropped("node stopped"))
+                for batch in self._proposals:
+                    batch.error = RequestDropped("node stopped")
+                    batch.done.set()
                 nursery.cancel_scope.cancel()
 
     async def _ticker(self) -> None:
@@ -279,11 +307,14 @@ class RaftNode:
             self._campaign = False
             core.campaign()
         proposals, self._proposals = self._proposals, []
-        for data, waiter in proposals:
-            try:
-                waiter.resolve(index=core.propose(data))
-            except RequestDropped as error:
-                waiter.resolve(error=error)
+        for batch in proposals:
+            outcomes = batch.outcomes
+            for data in batch.data:
+                try:
+                    outcomes.append(core.propose(data))
+                except RequestDropped as error:
+                    outcomes.append(error)
+            batch.done.set()
         self._start_read_round()
         transfers, self._transfers = self._transfers, []
         for target in transfers:
