@@ -154,6 +154,48 @@ def test_read_index_reflects_every_acknowledged_write() -> None:
     trio.run(main, clock=mock_clock())
 
 
+def test_a_batch_of_proposals_is_appended_in_order_in_one_turn() -> None:
+    async def main() -> None:
+        async with memory_cluster() as cluster:
+            leader = await cluster.leader()
+            data = [b"b%d" % n for n in range(10)]
+            outcomes = await leader.propose_batch(data)
+            assert all(isinstance(index, int) for index in outcomes)
+            indexes = [index for index in outcomes if isinstance(index, int)]
+            assert indexes == list(range(indexes[0], indexes[0] + 10))
+            applier = cluster.appliers[leader.id]
+            await applier.wait_applied(indexes[-1])
+            assert applier.values[-10:] == data
+
+            follower = next(n for n in cluster.nodes.values() if n is not leader)
+            assert await follower.propose_batch([b"f1", b"f2"]) == [None, None]  # forwarded
+            while b"f2" not in applier.values:
+                await applier.changed.wait()
+            assert applier.values[-2:] == [b"f1", b"f2"]
+
+    trio.run(main, clock=mock_clock())
+
+
+def test_a_batch_proposed_without_a_leader_is_refused_item_by_item() -> None:
+    async def main() -> None:
+        alone = RaftNode(
+            NodeConfig(raft=Config(id=1), storage_in_thread=False),
+            MemoryStorage(ConfState(voters=IDS)),
+            MemoryNetwork().transport(1),
+            random.Random(1),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(alone.run)
+            outcomes = await alone.propose_batch([b"x", b"y"])
+            assert len(outcomes) == 2
+            assert all(isinstance(outcome, ProposalDropped) for outcome in outcomes)
+            with pytest.raises(ProposalDropped):
+                await alone.propose(b"z")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock_clock())
+
+
 def test_read_rounds_are_paced_and_a_lone_read_is_not_delayed() -> None:
     """Under a stream of reads, rounds start at most once per
     ``read_round_interval`` and are shared; a read after a quiet spell starts
