@@ -214,6 +214,7 @@ class _Connection:
                 answer = handler.answer_now(request)
                 if answer is not None:
                     self._queue(request_id, answer)
+                    self._outbox_ready.set()  # sent once this batch of frames is read
                 elif isinstance(request, api.RangeRequest):
                     reads.append((request_id, request))
                 elif isinstance(request, _BATCHED_WRITES):
@@ -261,6 +262,7 @@ class _Connection:
             log.exception("client %s: request %d failed", self._peer, request_id)
             response = Error(code=ErrorCode.INTERNAL, message="internal error", definite=False)
         self._queue(request_id, response)
+        await self._deliver()
 
     async def _answer_reads(self, reads: list[tuple[int, api.RangeRequest]]) -> None:
         try:
@@ -271,6 +273,7 @@ class _Connection:
             responses = [error] * len(reads)
         for (request_id, _), response in zip(reads, responses, strict=True):
             self._queue(request_id, response)
+        await self._deliver()
 
     async def _answer_writes(self, writes: list[tuple[int, WriteRequest]]) -> None:
         try:
@@ -281,13 +284,25 @@ class _Connection:
             responses = [error] * len(writes)
         for (request_id, _), response in zip(writes, responses, strict=True):
             self._queue(request_id, response)
+        await self._deliver()
 
     def _queue(self, request_id: int, response: Response | Error) -> None:
-        """Queue the answer to a request that holds a slot; the writer task
-        sends it and frees the slot."""
+        """Queue the answer to a request that holds a slot (freed once the
+        answer is written)."""
         self._outbox.append(encode_frame(api.encode(ServerFrame(request_id, response))))
         self._outbox_slots += 1
-        self._outbox_ready.set()
+
+    async def _deliver(self) -> None:
+        """Send what is queued: right away if no write is under way (one
+        task switch less on a lone request's path), else by the writer task
+        after the current write."""
+        if self._send_lock.locked():
+            self._outbox_ready.set()
+            return
+        try:
+            await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._outbox_ready.set()  # the writer task ends the connection
 
     async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
         try:
