@@ -368,24 +368,26 @@ class _Connection:
                     nursery.start_soon(self._write_loop)
                     await self._read_loop()
                     nursery.cancel_scope.cancel()
-        except (FrameError, msgspec.DecodeError, trio.BrokenResourceError, OSError) as exc:
-            log.info("connection to %s failed: %s", self.endpoint, exc)
         finally:
             self.close()
             await trio.aclose_forcefully(self._stream)
 
     async def _read_loop(self) -> None:
+        """Route answers until the connection ends (cleanly or not)."""
         pending, streams, reader = self._pending, self._streams, self._reader
         decode = api.decode_server_frame
-        while (payload := await reader.read()) is not None:
-            frame = decode(payload)
-            sink = streams.get(frame.request_id)
-            if sink is not None:
-                sink(frame.response)  # never blocks: see Watch._feed
-                continue
-            slot = pending.get(frame.request_id)
-            if slot is not None:
-                slot.settle(frame.response)
+        try:
+            while (payload := await reader.read()) is not None:
+                frame = decode(payload)
+                sink = streams.get(frame.request_id)
+                if sink is not None:
+                    sink(frame.response)  # never blocks: see Watch._feed
+                    continue
+                slot = pending.get(frame.request_id)
+                if slot is not None:
+                    slot.settle(frame.response)
+        except (FrameError, msgspec.DecodeError, trio.BrokenResourceError, OSError) as exc:
+            log.info("connection to %s failed: %s", self.endpoint, exc)
 
     async def _write_loop(self) -> None:
         while True:
