@@ -13,6 +13,7 @@ under cProfile and writes the statistics on exit; read them with
 from __future__ import annotations
 
 import cProfile
+import ctypes
 import errno
 import logging
 import os
@@ -145,6 +146,7 @@ def server(
         listen_metrics=parse_address(listen_metrics) if listen_metrics else None,
     )
     _setup_logging(log_level)
+    _return_large_buffers_to_the_os()
     profile_dir = os.environ.get("KVCTL_CPU_PROFILE_DIR")
     if cpu_profile is None and profile_dir:
         cpu_profile = Path(profile_dir) / f"{name}.prof"
@@ -184,6 +186,25 @@ def _safety_violation(exc: BaseException) -> SafetyViolation | None:
         found = (_safety_violation(inner) for inner in exc.exceptions)
         return next((v for v in found if v is not None), None)
     return exc if isinstance(exc, SafetyViolation) else None
+
+
+_M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number (malloc.h)."""
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """Make glibc map every allocation over 1 MiB on its own, and unmap it when
+    freed.  By default glibc raises that threshold to the largest block freed
+    so far (up to 32 MiB), so after the first snapshot (a buffer as large as
+    the whole state) later ones come from the heaps -- one per worker thread --
+    and stay in the member's resident memory.  Elsewhere than glibc: nothing."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
 def _address_in_use(exc: BaseException) -> bool:

@@ -314,17 +314,52 @@ class _Lost(Exception):
 
 
 class _Slot:
-    __slots__ = ("answer", "event")
+    """Where the reader task leaves one request's answer for its caller.
+
+    The caller sleeps in :meth:`wait` (trio's lowest-level park: no event or
+    lock per request); :meth:`settle` wakes it.  ``answer`` stays None when the
+    connection ended first; ``sent`` says whether the request's bytes had been
+    handed to the socket by then.
+    """
+
+    __slots__ = ("answer", "sent", "settled", "task")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
         self.answer: Response | Error | None = None
+        self.settled = False
+        self.sent = False
+        self.task: trio.lowlevel.Task | None = None
+
+    def settle(self, answer: Response | Error | None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.answer = answer
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        if self.settled:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
+
+        def abort(raise_cancel: object) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 class _Connection:
     """One TCP connection to one member.  :meth:`run` (a task in the client's
     nursery) reads every :class:`~kvstore.api.ServerFrame` and wakes the waiter
-    of its ``request_id``; answers for requests nobody waits for are dropped."""
+    of its ``request_id``; answers for requests nobody waits for are dropped.
+
+    Requests queue in an outbox; a writer task sends everything queued in one
+    system call, so concurrent callers never wait on each other to write.
+    """
 
     def __init__(self, endpoint: str, stream: trio.SocketStream) -> None:
         self.endpoint = endpoint
@@ -332,6 +367,9 @@ class _Connection:
         self._reader = FrameReader(stream, api.MAX_FRAME_BYTES)
         self._send_lock = trio.Lock()
         self._outbox: list[bytes] = []
+        self._unsent: list[_Slot] = []
+        """Slots of the requests in the outbox (taken with it)."""
+        self._outbox_ready = trio.Event()
         self._pending: dict[int, _Slot] = {}
         self._streams: dict[int, Callable[[Response | Error | None], None]] = {}
         self._ids = itertools.count(1)
@@ -346,28 +384,47 @@ class _Connection:
     async def run(self) -> None:
         try:
             with self._scope:
-                while (payload := await self._reader.read()) is not None:
-                    frame = api.decode_server_frame(payload)
-                    sink = self._streams.get(frame.request_id)
-                    if sink is not None:
-                        sink(frame.response)  # never blocks: see Watch._feed
-                        continue
-                    slot = self._pending.get(frame.request_id)
-                    if slot is not None and slot.answer is None:
-                        slot.answer = frame.response
-                        slot.event.set()
-        except (FrameError, msgspec.DecodeError, trio.BrokenResourceError, OSError) as exc:
-            log.info("connection to %s failed: %s", self.endpoint, exc)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop)
+                    await self._read_loop()
+                    nursery.cancel_scope.cancel()
         finally:
             self.close()
             await trio.aclose_forcefully(self._stream)
 
+    async def _read_loop(self) -> None:
+        """Route answers until the connection ends (cleanly or not)."""
+        pending, streams, reader = self._pending, self._streams, self._reader
+        decode = api.decode_server_frame
+        try:
+            while (payload := await reader.read()) is not None:
+                frame = decode(payload)
+                sink = streams.get(frame.request_id)
+                if sink is not None:
+                    sink(frame.response)  # never blocks: see Watch._feed
+                    continue
+                slot = pending.get(frame.request_id)
+                if slot is not None:
+                    slot.settle(frame.response)
+        except (FrameError, msgspec.DecodeError, trio.BrokenResourceError, OSError) as exc:
+            log.info("connection to %s failed: %s", self.endpoint, exc)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready = trio.Event()
+            try:
+                await self._flush()
+            except _Lost:
+                return
+
     def close(self) -> None:
-        """End the connection now; waiters of sent requests get :class:`_Lost`."""
+        """End the connection now; waiters of sent requests get :class:`_Lost`,
+        of unsent ones :class:`_NotSent`."""
         self.dead = True
         self._scope.cancel()
         for slot in self._pending.values():
-            slot.event.set()
+            slot.settle(None)
         streams, self._streams = self._streams, {}
         for sink in streams.values():
             sink(None)
@@ -381,10 +438,11 @@ class _Connection:
     async def roundtrip(self, request: Request, on_send: Callable[[], None]) -> Response | Error:
         """Send ``request`` and wait for its answer.
 
-        ``on_send`` is called just before the first byte may leave.  Raises
-        :class:`_NotSent` if the connection was dead before that, :class:`_Lost`
-        if it died after.  Cancellation while sending closes the connection (a
-        partial frame would corrupt it); cancellation while waiting does not.
+        ``on_send`` is called once the request is queued: from then on its
+        bytes may leave.  Raises :class:`_NotSent` if the connection was dead
+        before the bytes went to the socket, :class:`_Lost` if it died after.
+        Cancellation does not affect the connection (the writer task sends
+        whole frames).
         """
         request_id = next(self._ids)
         payload = _encode_request(request_id, request)
@@ -393,10 +451,12 @@ class _Connection:
         slot = self._pending[request_id] = _Slot()
         try:
             on_send()
-            await self._write(payload)
-            await slot.event.wait()
+            self._outbox.append(payload)
+            self._unsent.append(slot)
+            self._outbox_ready.set()
+            await slot.wait()
             if slot.answer is None:
-                raise _Lost
+                raise _Lost if slot.sent else _NotSent
             return slot.answer
         finally:
             del self._pending[request_id]
@@ -420,31 +480,34 @@ class _Connection:
 
     async def send(self, request: Request, request_id: int | None = None) -> None:
         """Write ``request`` without waiting for an answer (one is dropped if it
-        comes, unless ``request_id`` is a stream's).  Raises :class:`_NotSent`
-        or :class:`_Lost` like :meth:`roundtrip`."""
+        comes, unless ``request_id`` is a stream's); returns once it is written.
+        Raises :class:`_NotSent` or :class:`_Lost` like :meth:`roundtrip`."""
         if request_id is None:
             request_id = next(self._ids)
         payload = _encode_request(request_id, request)
         if self.dead:
             raise _NotSent
-        await self._write(payload)
-
-    async def _write(self, payload: bytes) -> None:
-        # Frames queue up while one write is under way; whoever takes the
-        # lock next writes them all at once (one system call for many).
         self._outbox.append(payload)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        # Whoever takes the lock writes everything queued so far at once.
         async with self._send_lock:
-            if self._outbox:
-                data = b"".join(self._outbox)
-                self._outbox.clear()
-                try:
-                    await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self.close()
-                    raise _Lost from exc
-                except BaseException:
-                    self.close()
-                    raise
+            if not self._outbox:
+                return
+            data = b"".join(self._outbox)
+            self._outbox.clear()
+            for slot in self._unsent:
+                slot.sent = True
+            self._unsent.clear()
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.close()
+                raise _Lost from exc
+            except BaseException:
+                self.close()
+                raise
 
 
 def _encode_request(request_id: int, request: Request) -> bytes:
@@ -469,11 +532,17 @@ class _Retry:
     error: KvError | None = None
 
 
+class _DeadlineReached(Exception):
+    """A call's overall deadline passed (turned into the call's error by
+    :meth:`Client.request`)."""
+
+
 class _Call:
     """One request's book-keeping across its attempts."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, deadline: float = math.inf) -> None:
         self.request = request
+        self.deadline = deadline
         self.write = not _is_read(request)
         self.failures = 0
         self.reasons: dict[str, str] = {}
@@ -877,33 +946,65 @@ class Client:
 
     async def request(self, request: Request) -> Response:
         """Send any request with the retry rules of the module docstring."""
-        call = _Call(request)
-        with trio.move_on_after(self._request_timeout):
-            async with self._in_flight:
-                return await self._call(call)
+        call = _Call(request, trio.current_time() + self._request_timeout)
+        try:
+            return await self._call(call)
+        except _DeadlineReached:
+            pass
         if call.unanswered is not None:
             self._fail_over(call.unanswered)  # a member that does not answer is suspect
         raise call.give_up(self._request_timeout)
 
     async def _call(self, call: _Call) -> Response:
-        while True:
-            conn = await self._connection(call)
-            outcome = await self._attempt(conn, call)
-            if not isinstance(outcome, _Retry):
-                return outcome
-            log.debug("%s failed on %s: %s", type(call.request).__name__, conn.endpoint, outcome)
-            if outcome.error is not None:
-                call.last_error = outcome.error
-            self._fail_over(conn, outcome.leader)
-            await trio.sleep(call.failed(conn.endpoint, outcome.reason, len(self._endpoints)))
+        """Attempts until one answers; :class:`_DeadlineReached` at the deadline.
+
+        The common case (a free turn, a live connection, one attempt) costs one
+        cancel scope: the others are entered only on the slow paths."""
+        in_flight = self._in_flight
+        try:
+            in_flight.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_at(call.deadline):
+                await in_flight.acquire()
+            if trio.current_time() >= call.deadline:
+                raise _DeadlineReached from None
+        try:
+            while True:
+                conn = self._conn
+                if conn is None or not conn.usable:
+                    with trio.move_on_at(call.deadline):
+                        conn = await self._connection(call)
+                    if trio.current_time() >= call.deadline:
+                        raise _DeadlineReached
+                    assert conn is not None
+                outcome = await self._attempt(conn, call)
+                if not isinstance(outcome, _Retry):
+                    return outcome
+                log.debug(
+                    "%s failed on %s: %s", type(call.request).__name__, conn.endpoint, outcome
+                )
+                if outcome.error is not None:
+                    call.last_error = outcome.error
+                self._fail_over(conn, outcome.leader)
+                pause = call.failed(conn.endpoint, outcome.reason, len(self._endpoints))
+                if trio.current_time() + pause >= call.deadline:
+                    await trio.sleep_until(call.deadline)
+                    raise _DeadlineReached
+                await trio.sleep(pause)
+        finally:
+            in_flight.release()
 
     async def _attempt(self, conn: _Connection, call: _Call) -> Response | _Retry:
-        """One try on ``conn``: the response, a safe retry, or an exception."""
-        timeout = self._read_attempt_timeout if not call.write else math.inf
-        with trio.move_on_after(timeout):
+        """One try on ``conn``: the response, a safe retry, or an exception
+        (:class:`_DeadlineReached` when the call's deadline passes)."""
+        deadline = call.deadline
+        if not call.write:
+            deadline = min(deadline, trio.current_time() + self._read_attempt_timeout)
+        with trio.move_on_at(deadline):
             try:
                 answer = await conn.roundtrip(call.request, functools.partial(call.mark_sent, conn))
             except _NotSent:
+                call.unanswered = None
                 return _Retry("connection closed")
             except _Lost:
                 call.unanswered = None
@@ -922,8 +1023,10 @@ class Client:
                     return _Retry(answer.message, answer.leader, exc)
                 raise exc
             return answer
+        if trio.current_time() >= call.deadline:
+            raise _DeadlineReached
         call.unanswered = None  # only reads have an attempt timeout
-        return _Retry(f"no answer within {timeout:g}s")
+        return _Retry(f"no answer within {self._read_attempt_timeout:g}s")
 
     async def _connection(self, call: _Call) -> _Connection:
         """The current connection, or a new one to the next endpoint to try."""

@@ -28,10 +28,11 @@ Layout (all per-operation costs are ``O(log n)`` in the number of keys):
   historical range reads.
 * ``_live_keys``: sorted list of the keys that exist now, for latest reads:
   ranges are ``O(log n + k)`` and a count without filters is ``O(log n)``.
-* ``_changelog``: for each revision since the last compaction, the key (or the
-  tuple of keys, in sub-revision order) it changed.  It orders replays of
-  history (:meth:`MVCCStore.events_since`), lets compaction visit only the keys
-  that changed since the previous one, and orders snapshots.
+* ``_changelog``: every version written since the last compaction, in
+  (revision, sub-revision) order (the same objects as in ``_hist``).  It orders
+  replays of history (:meth:`MVCCStore.events_since`), lets compaction visit
+  only the keys that changed since the previous one, and is most of a
+  snapshot: :meth:`MVCCStore.dump` copies it whole.
 
 Errors are values (:class:`~kvstore.api.Error`, always ``definite``): a write
 that fails changes nothing (a txn is rolled back as a whole).
@@ -222,11 +223,9 @@ class MVCCStore:
         self._hist: dict[bytes, list[KeyValue]] = {}
         self._hist_keys: Any = SortedList()
         self._live_keys: Any = SortedList()
-        self._changelog: list[bytes | tuple[bytes, ...]] = []
-        self._log_base = 2
-        """Revision of ``_changelog[0]``."""
-        # The write in progress: changed keys (sub-revision order) and events.
-        self._pending: list[bytes] = []
+        self._changelog: list[KeyValue] = []
+        # The write in progress: the versions it wrote (sub-revision order) and events.
+        self._pending: list[KeyValue] = []
         self._events: list[Event] = []
 
     # -- Introspection ----------------------------------------------------------------
@@ -415,8 +414,7 @@ class MVCCStore:
             raise
         events = self._events
         if self._pending:
-            keys = self._pending
-            self._changelog.append(keys[0] if len(keys) == 1 else tuple(keys))
+            self._changelog.extend(self._pending)
             self._revision += 1
             self._pending = []
             self._events = []
@@ -429,7 +427,8 @@ class MVCCStore:
     def _rollback(self) -> None:
         """Undo the changes of the write in progress, newest first."""
         hist = self._hist
-        for key in reversed(self._pending):
+        for kv in reversed(self._pending):
+            key = kv.key
             history = hist[key]
             was_live = history.pop().version > 0
             if history:
@@ -484,7 +483,7 @@ class MVCCStore:
             self._hist_keys.add(key)
         else:
             history.append(kv)
-        self._pending.append(key)
+        self._pending.append(kv)
         self._events.append(Event(EventType.PUT, kv, prev))
         return PutResponse(header=_PENDING_HEADER, prev_kv=prev if request.prev_kv else None)
 
@@ -508,7 +507,7 @@ class MVCCStore:
             tombstone = KeyValue(key, 0, revision, 0)
             history.append(tombstone)
             self._live_keys.remove(key)
-            self._pending.append(key)
+            self._pending.append(tombstone)
             self._events.append(Event(EventType.DELETE, tombstone, prev))
             if request.prev_kv:
                 prev_kvs.append(prev)
@@ -561,13 +560,9 @@ class MVCCStore:
             return compacted_error(self._compact_revision)
         if revision > self._revision:
             return future_revision_error()
-        cut = revision + 1 - self._log_base  # changelog entries at revisions <= revision
-        candidates: set[bytes] = set()
-        for entry in self._changelog[: max(cut, 0)]:
-            if isinstance(entry, bytes):
-                candidates.add(entry)
-            else:
-                candidates.update(entry)
+        changelog = self._changelog
+        cut = bisect_right(changelog, revision, key=_MOD)  # the versions at revisions <= revision
+        candidates = {kv.key for kv in changelog[:cut]}
         hist = self._hist
         for key in candidates:
             history = hist.get(key)
@@ -582,9 +577,7 @@ class MVCCStore:
                 if not history:
                     del hist[key]
                     self._hist_keys.remove(key)
-        if cut > 0:
-            del self._changelog[:cut]
-            self._log_base = revision + 1
+        del changelog[:cut]
         self._compact_revision = revision
         return CompactionResponse(header=ResponseHeader(revision=self._revision))
 
@@ -612,42 +605,44 @@ class MVCCStore:
         stop = self._revision if end_revision is None else min(end_revision, self._revision)
         low, high = key_range(key, range_end)
         hist = self._hist
+        changelog = self._changelog
         events: list[Event] = []
-        for revision in range(max(start, self._log_base), stop + 1):
-            entry = self._changelog[revision - self._log_base]
-            changed: tuple[bytes, ...] = (entry,) if isinstance(entry, bytes) else entry
-            seen: dict[bytes, int] = {}
-            for k in changed:
-                if k < low or (high is not None and k >= high):
-                    continue
-                history = hist[k]
-                j = bisect_left(history, revision, key=_MOD)
-                if len(changed) > 1:  # the same key changed twice in one txn
-                    nth = seen.get(k, 0)
-                    seen[k] = nth + 1
-                    j += nth
-                kv = history[j]
-                prev = history[j - 1] if j and history[j - 1].version else None
-                events.append(Event(EventType.PUT if kv.version else EventType.DELETE, kv, prev))
+        i = bisect_left(changelog, start, key=_MOD)
+        while i < len(changelog) and (kv := changelog[i]).mod_revision <= stop:
+            i += 1
+            k = kv.key
+            if k < low or (high is not None and k >= high):
+                continue
+            history = hist[k]
+            j = bisect_left(history, kv.mod_revision, key=_MOD)
+            while history[j] is not kv:  # the same key changed twice in one txn
+                j += 1
+            prev = history[j - 1] if j and history[j - 1].version else None
+            events.append(Event(EventType.PUT if kv.version else EventType.DELETE, kv, prev))
         return events
 
     # -- Snapshots ----------------------------------------------------------------------
 
     def dump(self) -> StoreDump:
-        """The whole store (every retained version) as a :class:`StoreDump`."""
+        """The whole store (every retained version) as a :class:`StoreDump`.
+
+        Cheap enough for the event loop: a copy of the changelog, plus one
+        look at each key when the store was ever compacted.  Its versions are
+        immutable, so the dump can be encoded elsewhere (a worker thread) while
+        the store goes on changing.
+        """
         compact = self._compact_revision
-        entries: list[KeyValue] = []
-        cursor: dict[bytes, int] = {}
-        for key in self._hist_keys:  # key order: equal stores give equal dumps
-            history = self._hist[key]
-            if history[0].mod_revision <= compact:
-                entries.append(history[0])
-                cursor[key] = 1
-        for entry in self._changelog:
-            for key in (entry,) if isinstance(entry, bytes) else entry:
-                i = cursor.get(key, 0)
-                entries.append(self._hist[key][i])
-                cursor[key] = i + 1
+        if compact:
+            hist = self._hist
+            # Key order: equal stores give equal dumps.
+            entries = [
+                history[0]
+                for history in map(hist.__getitem__, self._hist_keys)
+                if history[0].mod_revision <= compact
+            ]
+            entries += self._changelog
+        else:
+            entries = list(self._changelog)
         return StoreDump(self._revision, compact, entries)
 
     @classmethod
@@ -660,9 +655,8 @@ class MVCCStore:
             raise ValueError(f"bad revisions: revision {revision}, compacted {compact}")
         hist = store._hist
         changelog = store._changelog
-        base = max(compact + 1, 2)
-        expected = base  # the revision the next change must have (or the one after)
-        group: list[bytes] = []
+        expected = max(compact + 1, 2)  # the revision the next change must have (or the one after)
+        group = False
         for kv in dump.entries:
             key, mod = kv.key, kv.mod_revision
             history = hist.get(key)
@@ -672,14 +666,13 @@ class MVCCStore:
                 hist[key] = [kv]
                 continue
             if group and mod == expected - 1:
-                group.append(key)
+                pass
             elif mod == expected:
-                if group:
-                    changelog.append(group[0] if len(group) == 1 else tuple(group))
-                group = [key]
+                group = True
                 expected += 1
             else:
                 raise ValueError(f"entry for key {key!r} at revision {mod} out of order")
+            changelog.append(kv)
             prev = history[-1] if history is not None and history[-1].version else None
             if kv.version:
                 version, create = (
@@ -693,13 +686,10 @@ class MVCCStore:
                 hist[key] = [kv]
             else:
                 history.append(kv)
-        if group:
-            changelog.append(group[0] if len(group) == 1 else tuple(group))
         if expected - 1 != revision:
             raise ValueError(f"history ends at {expected - 1}, revision is {revision}")
         store._revision = revision
         store._compact_revision = compact
-        store._log_base = base
         store._hist_keys = SortedList(hist)
         store._live_keys = SortedList(k for k, h in hist.items() if h[-1].version)
         return store

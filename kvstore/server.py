@@ -50,7 +50,7 @@ from kvstore.membership import (
 from kvstore.metrics import MemberMetrics
 from kvstore.metrics_http import serve_metrics
 from kvstore.snapshot_stream import chunk_bytes_for, snapshot_messages
-from kvstore.state_machine import KVStateMachine
+from kvstore.state_machine import KVStateMachine, StateCopy
 from kvstore.validation import validate_request
 from kvstore.watch import WatchHub
 from kvstore.watch_stream import WatchStream
@@ -124,6 +124,10 @@ class Member:
         self._nursery: trio.Nursery | None = None
         self._dropped_peers: set[int] = set()
         """Removed members no longer dialled (see :meth:`_drop_peer_later`)."""
+        self._snapshot_wanted: StateCopy | None = None
+        """The state to save as the next snapshot, until it is saved."""
+        self._snapshot_due = trio.Event()
+        self._storage_in_thread = False
 
     # -- Life cycle ---------------------------------------------------------------------
 
@@ -135,6 +139,7 @@ class Member:
         config = self.config
         storage = self._open_storage()
         self._storage = storage
+        self._storage_in_thread = isinstance(storage, DiskStorage)
         try:
             async with trio.open_nursery() as nursery:
                 # Clients first: the peers learn our client address when we dial them.
@@ -166,7 +171,7 @@ class Member:
                     tick_interval=config.tick_interval,
                     snapshot_count=config.snapshot_count,
                     snapshot_catchup_entries=config.snapshot_catchup_entries,
-                    storage_in_thread=isinstance(storage, DiskStorage),
+                    storage_in_thread=self._storage_in_thread,
                 )
                 node = RaftNode(
                     node_config, storage, transport, random.Random(), observer=self.metrics.raft
@@ -178,6 +183,7 @@ class Member:
                     node.campaign()  # alone: no need to wait out an election timeout
                 self.peer_address = (config.listen_peer[0], transport.bound_port)
                 nursery.start_soon(self._apply_loop)
+                nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._leadership_loop)
                 nursery.start_soon(self._expiry_loop)
                 if config.auto_compaction_retention or config.auto_compaction_period:
@@ -243,12 +249,29 @@ class Member:
                 metrics.apply.observe(time.perf_counter() - started)
             self._applied_changed.set()
             self._applied_changed = trio.Event()
-            applied = self.state.applied_index
-            if node.snapshot_due(applied):
-                started = time.perf_counter()
-                data = self.state.snapshot()
-                await node.save_snapshot(applied, data)
-                metrics.snapshot_saved(time.perf_counter() - started, len(data))
+            if self._snapshot_wanted is None and node.snapshot_due(self.state.applied_index):
+                self._snapshot_wanted = self.state.capture()
+                self._snapshot_due.set()
+
+    async def _snapshot_loop(self) -> None:
+        """Save the snapshots the apply loop asks for, one at a time.  The
+        state was frozen at its index; encoding it (in a worker thread with
+        disk storage) and writing it out do not hold up applying."""
+        node = self.node
+        assert node is not None
+        while True:
+            await self._snapshot_due.wait()
+            self._snapshot_due = trio.Event()
+            frozen = self._snapshot_wanted
+            assert frozen is not None
+            started = time.perf_counter()
+            if self._storage_in_thread:
+                data = await trio.to_thread.run_sync(frozen.encode)
+            else:
+                data = frozen.encode()
+            await node.save_snapshot(frozen.index, data)
+            self.metrics.snapshot_saved(time.perf_counter() - started, len(data))
+            self._snapshot_wanted = None
 
     # -- Membership -------------------------------------------------------------------
 
@@ -725,8 +748,6 @@ class Member:
         """
         if self.stopping or self.node is None:
             return _error(ErrorCode.STOPPED, "member is not serving", definite=True)
-        if isinstance(request, api.StatusRequest):
-            return self._status()
         if isinstance(request, api.MemberListRequest):
             return await self._member_list()
         if isinstance(request, api.MemberAddRequest):
@@ -737,28 +758,59 @@ class Member:
             return await self._member_remove(request)
         if isinstance(request, api.MoveLeaderRequest):
             return await self._move_leader(request)
-        error = validate_request(request, lease_exists=lambda lease: True)
-        if error is not None:
-            return error
+        answer = self.answer_now(request)
+        if answer is not None:
+            return answer
         if isinstance(request, api.RangeRequest):
-            return await self._read(request)
+            return (await self.read_linearizable([request]))[0]
         if isinstance(request, api.LeaseGrantRequest):
             lease_id = request.id or (secrets.randbits(62) + 1)
             ttl = max(request.ttl, self.min_lease_ttl)
             return await self._write(api.LeaseGrantRequest(id=lease_id, ttl=ttl))
+        if isinstance(request, api.LeaseLeasesRequest):
+            return await self._leases()
+        if isinstance(request, _WRITES):
+            return await self._write(request)
+        raise AssertionError(f"answer_now answers {type(request).__name__}")  # pragma: no cover
+
+    def answer_now(self, request: Request) -> Response | Error | None:
+        """The answer to ``request`` if it needs no waiting (a status, a
+        serializable read, a keep-alive, a refusal), else None: then
+        :meth:`handle` it.  Never raises for a request's content."""
+        if self.stopping or self.node is None:
+            return _error(ErrorCode.STOPPED, "member is not serving", definite=True)
+        if isinstance(request, api.StatusRequest):
+            return self._status()
+        if isinstance(request, _MEMBERSHIP_REQUESTS):
+            return None
+        error = validate_request(request, lease_exists=_any_lease)
+        if error is not None:
+            return error
+        if isinstance(request, api.RangeRequest):
+            if request.serializable:
+                return self._with_header(self.state.read(request))
+            return None
         if isinstance(request, api.LeaseKeepAliveRequest):
             return self._keep_alive(request)
         if isinstance(request, api.LeaseTimeToLiveRequest):
             return self._time_to_live(request)
-        if isinstance(request, api.LeaseLeasesRequest):
-            return await self._leases()
         if isinstance(
             request, (api.WatchCreateRequest, api.WatchCancelRequest, api.WatchProgressRequest)
         ):
             return _error(ErrorCode.INVALID_ARGUMENT, "watch requests are streams", True)
         if isinstance(request, api.SnapshotRequest):
             return _error(ErrorCode.INVALID_ARGUMENT, "snapshot requests are streams", True)
-        return await self._write(request)
+        return None
+
+    async def read_linearizable(self, requests: list[api.RangeRequest]) -> list[Response | Error]:
+        """Answers to ``requests`` (already checked by :meth:`answer_now`), in
+        order, all served after one ReadIndex wait: each reflects every write
+        acknowledged before the call."""
+        error = await self._linearize()
+        if error is not None:
+            return [error] * len(requests)
+        read = self.state.read
+        return [self._with_header(read(request)) for request in requests]
 
     def _not_leader(self) -> Error | None:
         """None on the leader; otherwise the error that sends the client there."""
@@ -854,38 +906,62 @@ class Member:
                 yield message
 
     async def _write(self, request: WriteRequest) -> Response | Error:
+        return (await self.write_many([request]))[0]
+
+    async def write_many(self, requests: list[WriteRequest]) -> list[Response | Error]:
+        """Answers to writes (already checked by :meth:`answer_now`), in order.
+
+        They are proposed together (one turn of the node) and each is answered
+        once applied, or with the error saying why not and whether it may
+        still happen; all within one ``request_timeout``."""
         node = self.node
         assert node is not None
-        seq = next(self._seq)
-        pending = _PendingWrite(node.core.term)
-        self._pending[seq] = pending
+        pending = [_PendingWrite(node.core.term) for _ in requests]
+        seqs = [next(self._seq) for _ in requests]
+        self._pending.update(zip(seqs, pending, strict=True))
         try:
+            commands = [
+                encode_command(Command(self.id, seq, request))
+                for seq, request in zip(seqs, requests, strict=True)
+            ]
             try:
-                await node.propose(encode_command(Command(self.id, seq, request)))
-            except ProposalDropped as dropped:
-                self.metrics.proposals_failed += 1
-                return _error(ErrorCode.NO_LEADER, f"no leader: {dropped.reason}", definite=True)
+                outcomes = await node.propose_batch(commands)
+            except RequestDropped as dropped:  # the node stopped first: none proposed
+                return [_error(ErrorCode.STOPPED, dropped.reason, definite=True)] * len(requests)
             with trio.move_on_after(self.config.request_timeout):
-                await pending.done.wait()
-            if pending.response is None:
-                self.metrics.proposals_failed += 1
-                if self.stopping:
-                    return _error(ErrorCode.STOPPED, "member stopped", definite=False)
-                if pending.done.is_set():
-                    return _error(
-                        ErrorCode.LEADER_CHANGED,
-                        "the leader changed before the write was applied; it may still be",
-                        definite=False,
-                    )
-                return _error(
-                    ErrorCode.TIMEOUT,
-                    "timed out waiting for the write to commit; it may still happen",
-                    definite=False,
-                )
-            self.metrics.proposals_committed += 1
-            return self._with_header(pending.response)
+                for write, outcome in zip(pending, outcomes, strict=True):
+                    if not isinstance(outcome, RequestDropped):
+                        await write.done.wait()
+            return [
+                self._write_answer(write, outcome)
+                for write, outcome in zip(pending, outcomes, strict=True)
+            ]
         finally:
-            self._pending.pop(seq, None)
+            for seq in seqs:
+                self._pending.pop(seq, None)
+
+    def _write_answer(
+        self, write: _PendingWrite, outcome: int | RequestDropped | None
+    ) -> Response | Error:
+        if write.response is not None:
+            self.metrics.proposals_committed += 1
+            return self._with_header(write.response)
+        self.metrics.proposals_failed += 1
+        if isinstance(outcome, RequestDropped):
+            return _error(ErrorCode.NO_LEADER, f"no leader: {outcome.reason}", definite=True)
+        if self.stopping:
+            return _error(ErrorCode.STOPPED, "member stopped", definite=False)
+        if write.done.is_set():
+            return _error(
+                ErrorCode.LEADER_CHANGED,
+                "the leader changed before the write was applied; it may still be",
+                definite=False,
+            )
+        return _error(
+            ErrorCode.TIMEOUT,
+            "timed out waiting for the write to commit; it may still happen",
+            definite=False,
+        )
 
     async def _linearize(self) -> Error | None:
         """Wait until this member's state reflects every write acknowledged
@@ -902,13 +978,6 @@ class Member:
             await self._wait_applied(index)
             return None
         return _error(ErrorCode.TIMEOUT, "linearizable read timed out", definite=True)
-
-    async def _read(self, request: api.RangeRequest) -> Response | Error:
-        if not request.serializable:
-            error = await self._linearize()
-            if error is not None:
-                return error
-        return self._with_header(self.state.read(request))
 
     def _status(self) -> api.StatusResponse:
         node = self.node
@@ -955,6 +1024,28 @@ class Member:
         if isinstance(response, Error):
             return response
         return msgspec.structs.replace(response, header=self._header(response.header.revision))
+
+
+_MEMBERSHIP_REQUESTS = (
+    api.MemberListRequest,
+    api.MemberAddRequest,
+    api.MemberPromoteRequest,
+    api.MemberRemoveRequest,
+    api.MoveLeaderRequest,
+)
+"""Served by :meth:`Member.handle` (they wait for the leader and the log)."""
+
+_WRITES = (
+    api.PutRequest,
+    api.DeleteRangeRequest,
+    api.TxnRequest,
+    api.CompactionRequest,
+    api.LeaseRevokeRequest,
+)
+
+
+def _any_lease(lease: int) -> bool:
+    return True  # the state machine checks leases when the write applies
 
 
 def _error(code: ErrorCode, message: str, definite: bool) -> Error:

@@ -13,6 +13,9 @@ and computes the same results, events and snapshots.
   ReadIndex round, or a serializable read).
 * :meth:`KVStateMachine.snapshot` / :meth:`KVStateMachine.restore` carry the
   whole state (applied index, revision, compacted revision, full history).
+  :meth:`KVStateMachine.capture` takes the state cheaply (a few milliseconds
+  for 100,000 keys) as a :class:`StateCopy` whose :meth:`~StateCopy.encode`
+  gives the same bytes and may run in a worker thread while applying goes on.
 
 Responses carry ``header.revision`` (the store's revision after the request);
 ``cluster_id``, ``member_id`` and ``raft_term`` are the server's to fill.
@@ -93,6 +96,11 @@ class _Snapshot(msgspec.Struct, array_like=True):
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 
+_SNAPSHOT_ENCODE_CHUNK = 2048
+"""Versions :meth:`StateCopy.encode` encodes per msgspec call: each call holds
+the GIL (a few milliseconds at most), so a worker thread encoding a large state
+lets the event loop run in between."""
+
 
 class StateCopy:
     """A point-in-time copy of the whole state (:meth:`KVStateMachine.capture`),
@@ -111,9 +119,22 @@ class StateCopy:
         """How many key versions the copy holds (what encoding it costs)."""
         return len(self._body.store.entries)
 
+    @property
+    def index(self) -> int:
+        """The last log index applied to the copied state."""
+        return self.status.applied_index
+
     def encode(self) -> bytes:
-        """The copy as :meth:`KVStateMachine.snapshot` bytes."""
-        return _with_preamble(_snapshot_encoder.encode(self._body))
+        """The copy as :meth:`KVStateMachine.snapshot` bytes, encoded
+        :data:`_SNAPSHOT_ENCODE_CHUNK` versions per call, so that in a worker
+        thread it lets the event loop have the GIL between calls."""
+        steps = self.encode_in_steps(_SNAPSHOT_ENCODE_CHUNK)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                data: bytes = done.value
+                return data
 
     def encode_in_steps(self, versions_per_step: int) -> Generator[None, None, bytes]:
         """:meth:`encode` a step at a time: a generator that does the work of at

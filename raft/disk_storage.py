@@ -23,11 +23,14 @@ Durability contract
 * :meth:`append`, :meth:`set_hard_state`, :meth:`compact`,
   :meth:`apply_snapshot` and :meth:`save_snapshot` are durable on return.
 * :meth:`save_snapshot` makes the snapshot file durable *before* the WAL records
-  it, and compacts the log only after that; :meth:`apply_snapshot` (which may
+  it (or finds it made durable by :meth:`stage_snapshot`), and compacts the log
+  only after that; :meth:`apply_snapshot` (which may
   discard the log) refuses a snapshot whose data was not saved first.  So after
   any crash the WAL never refers to a snapshot whose file is missing.
 
-Not thread-safe: the driver serializes calls (reads included) with writes.
+Not thread-safe: the driver serializes calls (reads included) with writes.  The
+one exception is :meth:`stage_snapshot`, which touches only a new snapshot file
+and may run in another thread alongside them.
 """
 
 from __future__ import annotations
@@ -177,6 +180,13 @@ class DiskStorage:
         then hold only discarded entries are deleted."""
         self._wal.compact(index)
 
+    def stage_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Write the file of snapshot ``meta`` (atomically, durably) without
+        recording it, so that :meth:`save_snapshot` need not.  Safe alongside
+        any other call: it touches only that file.  Until it is recorded, the
+        file may be pruned again (then :meth:`save_snapshot` writes it anew)."""
+        self._snapshots.save(meta, data)
+
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Durably save a snapshot of the state machine up to ``meta.index``.
 
@@ -194,7 +204,8 @@ class DiskStorage:
         current = self._wal.state.snapshot
         if meta == current or meta.index < current.index:
             return
-        self._snapshots.save(meta, data)
+        if not self._snapshots.exists(meta):  # files appear whole (renamed) or not at all
+            self._snapshots.save(meta, data)
         self._wal.mark_snapshot(meta)
         if self.keep_entries is not None:
             state = self._wal.state

@@ -39,6 +39,9 @@ class FrameReader:
         self._stream = stream
         self._max_frame = max_frame
         self._buffer = bytearray()
+        self._start = 0
+        """Where the unread part of ``_buffer`` begins (consumed bytes are
+        dropped in bulk, not after every frame)."""
 
     async def read(self) -> bytes | None:
         """The next frame's payload, or ``None`` at a clean end of stream.
@@ -46,23 +49,41 @@ class FrameReader:
         Raises :class:`FrameTooLarge` for a length over the maximum and
         :class:`TruncatedFrame` if the stream ends inside a frame.
         """
-        if not await self._fill(HEADER_SIZE):
-            if self._buffer:
-                raise TruncatedFrame("stream ended inside a frame header")
-            return None
-        (length,) = _HEADER.unpack_from(self._buffer)
-        if length > self._max_frame:
-            raise FrameTooLarge(f"frame of {length} bytes exceeds the {self._max_frame} limit")
-        if not await self._fill(HEADER_SIZE + length):
-            raise TruncatedFrame(f"stream ended inside a {length}-byte frame")
-        payload = bytes(self._buffer[HEADER_SIZE : HEADER_SIZE + length])
-        del self._buffer[: HEADER_SIZE + length]
-        return payload
-
-    async def _fill(self, size: int) -> bool:
-        while len(self._buffer) < size:
+        while True:
+            payload = self.read_buffered()
+            if payload is not None:
+                return payload
             chunk = await self._stream.receive_some(_RECEIVE_CHUNK)
             if not chunk:
-                return False
+                unread = len(self._buffer) - self._start
+                if unread == 0:
+                    return None
+                if unread < HEADER_SIZE:
+                    raise TruncatedFrame("stream ended inside a frame header")
+                (length,) = _HEADER.unpack_from(self._buffer, self._start)
+                raise TruncatedFrame(f"stream ended inside a {length}-byte frame")
+            if self._start:
+                del self._buffer[: self._start]
+                self._start = 0
             self._buffer += chunk
-        return True
+
+    def read_buffered(self) -> bytes | None:
+        """The next frame's payload if it is already received whole, else
+        ``None``; never waits.  Raises :class:`FrameTooLarge` as :meth:`read`."""
+        buffer, start = self._buffer, self._start
+        available = len(buffer) - start
+        if available < HEADER_SIZE:
+            return None
+        (length,) = _HEADER.unpack_from(buffer, start)
+        if length > self._max_frame:
+            raise FrameTooLarge(f"frame of {length} bytes exceeds the {self._max_frame} limit")
+        end = start + HEADER_SIZE + length
+        if end > len(buffer):
+            return None
+        payload = bytes(memoryview(buffer)[start + HEADER_SIZE : end])
+        if end == len(buffer):
+            buffer.clear()
+            self._start = 0
+        else:
+            self._start = end
+        return payload

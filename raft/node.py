@@ -45,6 +45,11 @@ class PersistentStorage(Storage, Protocol):
 
     def persist(self, ready: Ready) -> None: ...
 
+    def stage_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Prepare :meth:`save_snapshot` (write the data out); may run in a
+        thread alongside the other calls."""
+        ...
+
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None: ...
 
     def compact(self, index: int) -> None: ...
@@ -65,6 +70,11 @@ class NodeConfig:
     jump while a thread works)."""
     max_pending_messages: int = 100_000
     """Incoming peer messages queued for the core before new ones are dropped."""
+    read_round_interval: float = 0.001
+    """Least seconds between the starts of two ReadIndex rounds.  Under load,
+    reads that arrive meanwhile share the next round, so a heartbeat round
+    confirms many reads rather than two or three; a read after a quiet spell
+    starts its round at once (so a lone client waits no longer)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,19 @@ class _Waiter:
         if self.error is not None:
             raise self.error
         return self.index
+
+
+class _ProposalBatch:
+    """Proposals handed to the core in one turn, and what became of each."""
+
+    __slots__ = ("data", "done", "error", "outcomes")
+
+    def __init__(self, data: list[bytes]) -> None:
+        self.data = data
+        self.done = trio.Event()
+        self.outcomes: list[int | RequestDropped | None] = []
+        self.error: RequestDropped | None = None
+        """Set when the node stopped before the core saw them."""
 
 
 @dataclass
@@ -139,17 +162,19 @@ class RaftNode:
         self._ticks = 0
         self._ticks_this_step = 0
         self._incoming: deque[Message] = deque()
-        self._proposals: list[tuple[bytes, _Waiter]] = []
+        self._proposals: list[_ProposalBatch] = []
         self._read_queue: list[_Waiter] = []
         self._read_batch: _ReadBatch | None = None
         self._read_counter = 0
+        self._next_read_round = -math.inf
+        """The earliest time the next read round may start."""
         self._transfers: list[int] = []
         self._conf_changes: list[tuple[ConfChange, _Waiter]] = []
         self.conf_listener: ConfListener | None = None
         """Called (in the node's task, before any message goes out) when the
         membership changes, so the application can connect to new members
         before the leader sends them anything."""
-        self._snapshots: list[tuple[int, bytes, _Waiter]] = []
+        self._snapshots: list[tuple[SnapshotMeta, bytes, _Waiter]] = []
         self._campaign = False
         self.leader = 0
         self.role = Role.FOLLOWER
@@ -173,10 +198,24 @@ class RaftNode:
         """Hand ``data`` to the core; returns its index on the leader, ``None``
         when forwarded.  Raises :class:`~raft.errors.ProposalDropped` if it was
         refused (definitely not appended)."""
-        waiter = _Waiter()
-        self._proposals.append((data, waiter))
+        (outcome,) = await self.propose_batch([data])
+        if isinstance(outcome, RequestDropped):
+            raise outcome
+        return outcome
+
+    async def propose_batch(self, data: list[bytes]) -> list[int | RequestDropped | None]:
+        """Hand every item of ``data`` to the core in one turn, in order; for
+        each, its index on the leader, ``None`` when forwarded, or the
+        :class:`~raft.errors.ProposalDropped` that refused it (definitely not
+        appended).  Raises :class:`~raft.errors.RequestDropped` if the node
+        stopped before the core saw them (none appended)."""
+        batch = _ProposalBatch(data)
+        self._proposals.append(batch)
         self._wakeup.set()
-        return await waiter.wait()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.outcomes
 
     async def propose_conf_change(self, change: ConfChange) -> int:
         """Append a membership change on the leader; returns its log index.
@@ -222,9 +261,17 @@ class RaftNode:
     async def save_snapshot(self, index: int, data: bytes) -> None:
         """Persist ``data``, the application's state after applying ``index``,
         as a snapshot, then compact the log behind it (keeping
-        ``snapshot_catchup_entries``)."""
+        ``snapshot_catchup_entries``).
+
+        The node goes on meanwhile: the data is written out in a worker thread
+        (:meth:`PersistentStorage.stage_snapshot`), and only recording it waits
+        for the node's turn with the storage."""
+        if index <= self._snapshot_index:
+            return
+        meta = self._snapshot_meta(index)
+        await self._storage_call(self.storage.stage_snapshot, meta, data)
         waiter = _Waiter()
-        self._snapshots.append((index, data, waiter))
+        self._snapshots.append((meta, data, waiter))
         self._wakeup.set()
         await waiter.wait()
 
@@ -255,7 +302,10 @@ class RaftNode:
                 await self._loop()
             finally:
                 self._fail_reads(LeadershipLost("node stopped"))
-                for _, waiter in self._proposals + self._conf_changes:
+                for batch in self._proposals:
+                    batch.error = RequestDropped("node stopped")
+                    batch.done.set()
+                for _, waiter in self._conf_changes:
                     waiter.resolve(error=RequestDropped("node stopped"))
                 nursery.cancel_scope.cancel()
 
@@ -267,7 +317,12 @@ class RaftNode:
 
     async def _loop(self) -> None:
         while True:
-            await self._wakeup.wait()
+            if self._read_queue and self._read_batch is None:
+                # Reads wait for the round interval to pass (see NodeConfig).
+                with trio.move_on_at(self._next_read_round):
+                    await self._wakeup.wait()
+            else:
+                await self._wakeup.wait()
             self._wakeup = trio.Event()
             await self._step_inputs()
             while self.core.has_ready():
@@ -284,11 +339,14 @@ class RaftNode:
             self._campaign = False
             core.campaign()
         proposals, self._proposals = self._proposals, []
-        for data, waiter in proposals:
-            try:
-                waiter.resolve(index=core.propose(data))
-            except RequestDropped as error:
-                waiter.resolve(error=error)
+        for batch in proposals:
+            outcomes = batch.outcomes
+            for data in batch.data:
+                try:
+                    outcomes.append(core.propose(data))
+                except RequestDropped as error:
+                    outcomes.append(error)
+            batch.done.set()
         changes, self._conf_changes = self._conf_changes, []
         for change, waiter in changes:
             try:
@@ -303,8 +361,8 @@ class RaftNode:
             except RequestDropped:
                 log.info("node %d: no leader to transfer leadership from", self.id)
         snapshots, self._snapshots = self._snapshots, []
-        for index, data, waiter in snapshots:
-            await self._save_snapshot(index, data)
+        for meta, data, waiter in snapshots:
+            await self._save_snapshot(meta, data)
             waiter.resolve()
 
     async def _handle_ready(self, ready: Ready) -> None:
@@ -371,6 +429,10 @@ class RaftNode:
             self._retry_read_round()
         if not self._read_queue:
             return
+        now = trio.current_time()
+        if now < self._next_read_round:
+            return  # the loop comes back at _next_read_round
+        self._next_read_round = now + self.config.read_round_interval
         self._read_counter += 1
         context = self._read_counter.to_bytes(8, "big")
         waiters, self._read_queue = self._read_queue, []
@@ -395,13 +457,16 @@ class RaftNode:
                 waiter.resolve(error=error)
         self._read_queue, self._read_batch = [], None
 
-    async def _save_snapshot(self, index: int, data: bytes) -> None:
-        if index <= self._snapshot_index:
-            return
+    def _snapshot_meta(self, index: int) -> SnapshotMeta:
         core = self.core
         # The membership as of ``index``, not the newest one: a conf change
         # appended after ``index`` is not part of this snapshot's state.
-        meta = SnapshotMeta(index=index, term=core.log.term(index), conf=core.conf_state_at(index))
+        return SnapshotMeta(index=index, term=core.log.term(index), conf=core.conf_state_at(index))
+
+    async def _save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        index = meta.index
+        if index <= self._snapshot_index:
+            return
         await self._storage_call(self.storage.save_snapshot, meta, data)
         self._snapshot_index = index
         compact_to = index - self.config.snapshot_catchup_entries

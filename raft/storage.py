@@ -177,6 +177,9 @@ class MemoryStorage(SentinelLog):
         del self._entries[start:]
         self._entries.extend(entries)
 
+    def stage_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Nothing to prepare in memory (see :meth:`DiskStorage.stage_snapshot`)."""
+
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Record a snapshot of the state machine at ``meta.index`` (the log is
         left alone: :meth:`compact` trims it separately)."""

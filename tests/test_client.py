@@ -65,6 +65,11 @@ class Exchange:
         async with self._send_lock:
             await self._stream.send_all(frame)
 
+    async def reply_garbage(self) -> None:
+        """A well-framed answer that is not a ServerFrame."""
+        async with self._send_lock:
+            await self._stream.send_all(encode_frame(b"\xc1\xc1\xc1"))
+
     async def hang_up(self) -> None:
         """Close the connection without answering (a crash after receiving)."""
         await trio.aclose_forcefully(self._stream)
@@ -340,6 +345,27 @@ def test_read_is_retried_when_the_connection_dies() -> None:
             # A txn of reads only is a read too.
             assert (await client.txn([], [Op.get("k")])).succeeded
         assert len(a.received) == 1
+
+    run(test)
+
+
+async def garbage(exchange: Exchange) -> None:
+    await exchange.reply_garbage()
+
+
+def test_a_malformed_answer_ends_that_connection_only() -> None:
+    """Bytes from a member that do not decode end the connection (a read goes
+    elsewhere, a write is outcome-unknown); nothing escapes the client."""
+
+    async def test(nursery: trio.Nursery) -> None:
+        a = await FakeMember.start(nursery, garbage)
+        b = await FakeMember.start(nursery, echo)
+        async with Client([a.endpoint, b.endpoint], request_timeout=1.0) as client:
+            assert (await client.get("k")).kvs[0].value == b"v:k"
+        async with Client([a.endpoint, b.endpoint], request_timeout=1.0) as client:
+            with pytest.raises(OutcomeUnknown):
+                await client.put("k", "v")
+            assert (await client.get("k")).kvs[0].value == b"v:k"
 
     run(test)
 

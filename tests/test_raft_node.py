@@ -3,6 +3,7 @@ memory under a mock clock, and one cluster over real loopback TCP."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -149,6 +150,95 @@ def test_read_index_reflects_every_acknowledged_write() -> None:
                 for _ in range(20):
                     nursery.start_soon(read)
             assert len(results) == 20 and min(results) >= index
+
+    trio.run(main, clock=mock_clock())
+
+
+def test_a_batch_of_proposals_is_appended_in_order_in_one_turn() -> None:
+    async def main() -> None:
+        async with memory_cluster() as cluster:
+            leader = await cluster.leader()
+            data = [b"b%d" % n for n in range(10)]
+            outcomes = await leader.propose_batch(data)
+            assert all(isinstance(index, int) for index in outcomes)
+            indexes = [index for index in outcomes if isinstance(index, int)]
+            assert indexes == list(range(indexes[0], indexes[0] + 10))
+            applier = cluster.appliers[leader.id]
+            await applier.wait_applied(indexes[-1])
+            assert applier.values[-10:] == data
+
+            follower = next(n for n in cluster.nodes.values() if n is not leader)
+            assert await follower.propose_batch([b"f1", b"f2"]) == [None, None]  # forwarded
+            while b"f2" not in applier.values:
+                await applier.changed.wait()
+            assert applier.values[-2:] == [b"f1", b"f2"]
+
+    trio.run(main, clock=mock_clock())
+
+
+def test_a_batch_proposed_without_a_leader_is_refused_item_by_item() -> None:
+    async def main() -> None:
+        alone = RaftNode(
+            NodeConfig(raft=Config(id=1), storage_in_thread=False),
+            MemoryStorage(ConfState(voters=IDS)),
+            MemoryNetwork().transport(1),
+            random.Random(1),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(alone.run)
+            outcomes = await alone.propose_batch([b"x", b"y"])
+            assert len(outcomes) == 2
+            assert all(isinstance(outcome, ProposalDropped) for outcome in outcomes)
+            with pytest.raises(ProposalDropped):
+                await alone.propose(b"z")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock_clock())
+
+
+def test_read_rounds_are_paced_and_a_lone_read_is_not_delayed() -> None:
+    """Under a stream of reads, rounds start at most once per
+    ``read_round_interval`` and are shared; a read after a quiet spell starts
+    its round at once; every read sees every write acknowledged before it."""
+
+    async def main() -> None:
+        async with memory_cluster() as cluster:
+            leader = await cluster.leader()
+            interval = leader.config.read_round_interval
+            assert interval > 0
+            round_starts: list[float] = []
+            read_index = leader.core.read_index
+
+            def recording_read_index(context: bytes) -> None:
+                round_starts.append(trio.current_time())
+                read_index(context)
+
+            leader.core.read_index = recording_read_index  # type: ignore[method-assign]
+            index = await leader.propose(b"x")
+            assert index is not None
+            await trio.sleep(1)  # a quiet spell
+            started = trio.current_time()
+            assert await leader.read_index() >= index
+            assert round_starts == [started]  # no pacing wait
+
+            round_starts.clear()
+            reads = 0
+
+            async def reader(delay: float) -> None:
+                nonlocal reads
+                await trio.sleep(delay)
+                for _ in range(20):
+                    assert await leader.read_index() >= index
+                    reads += 1
+                    await trio.sleep(delay)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(20):
+                    nursery.start_soon(reader, n * interval / 20)
+            assert reads == 400
+            gaps = [b - a for a, b in itertools.pairwise(round_starts)]
+            assert min(gaps) >= interval * 0.999
+            assert len(round_starts) < reads / 5  # rounds are shared
 
     trio.run(main, clock=mock_clock())
 
