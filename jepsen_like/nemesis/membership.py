@@ -124,7 +124,9 @@ class MembershipNemesis:
                 event.details["reason"] = str(exc)
             finally:
                 with trio.CancelScope(shield=True):
-                    problem = await self._finish(env, client, out, steps, event)
+                    # A fresh client: the first one's tasks are cancelled with the fault.
+                    async with _client(env) as fresh:
+                        problem = await self._finish(env, fresh, out, steps, event)
                     if problem is not None and event.outcome != "error":
                         event.anomaly = problem
                     event.end = env.now()
