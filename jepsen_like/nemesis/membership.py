@@ -119,7 +119,7 @@ class MembershipNemesis:
                 await self._remove(env, client, out, steps)
                 await self._stop_and_wipe(env, out, steps, event)
                 await trio.sleep(fault.hold)
-            except _StepFailed as exc:
+            except (_StepFailed, ClusterError, OSError) as exc:
                 event.outcome = "error"
                 event.details["reason"] = str(exc)
             finally:
@@ -127,7 +127,7 @@ class MembershipNemesis:
                     # A fresh client: the first one's tasks are cancelled with the fault.
                     async with _client(env) as fresh:
                         problem = await self._finish(env, fresh, out, steps, event)
-                    if problem is not None and event.outcome != "error":
+                    if problem is not None:
                         event.anomaly = problem
                     event.end = env.now()
         return event
