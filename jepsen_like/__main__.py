@@ -72,8 +72,8 @@ def main() -> None:
         "Comma-separated faults: kill (SIGKILL a member or the leader, restart it), "
         "pause (SIGSTOP/SIGCONT), partition (iptables between member addresses: isolate, "
         "majority/minority, bridge, one-way; needs root), corrupt (flip a bit in a stopped "
-        "member's WAL or snapshot, or tear its WAL tail, restart it); or none.  "
-        "Membership changes are not available yet (the store cannot add or remove members)."
+        "member's WAL or snapshot, or tear its WAL tail, restart it), membership (remove a "
+        "member or the leader, wipe it, add it back as a new learner, promote it); or none."
     ),
 )
 @click.option("--time", "duration", type=click.FloatRange(min=1), required=True, help="Seconds.")

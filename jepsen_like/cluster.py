@@ -78,6 +78,32 @@ class AddressedCluster(ProcessCluster):
             )
             for name, address in zip(list(self._members), addresses, strict=True)
         }
+        self._joined: dict[str, tuple[int, int]] = {}
+        """Members re-added by ``member add``: name -> (member id, cluster id)."""
+
+    def rejoined(self, name: str, member_id: int, cluster_id: int) -> None:
+        """Member ``name`` was removed and added back as a new member with id
+        ``member_id``: from now on it is known by that id and (re)started with
+        ``--initial-cluster-state existing`` and the ids ``member add`` returned."""
+        with self._lock:
+            self._member(name).id = member_id
+            self._joined[name] = (member_id, cluster_id)
+            self._write_state()
+
+    def command(self, name: str) -> list[str]:
+        argv = super().command(name)
+        joined = self._joined.get(name)
+        if joined is not None:
+            member_id, cluster_id = joined
+            argv += [
+                "--initial-cluster-state",
+                "existing",
+                "--member-id",
+                f"{member_id:x}",
+                "--cluster-id",
+                f"{cluster_id:x}",
+            ]
+        return argv
 
     def address_of(self, name: str) -> str:
         """The loopback address of member ``name``."""

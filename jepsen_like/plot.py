@@ -21,6 +21,7 @@ _FAULT_COLOURS = {
     "pause": "tab:purple",
     "partition": "tab:blue",
     "corrupt": "tab:brown",
+    "membership": "tab:olive",
 }
 
 

@@ -33,6 +33,7 @@ RUNS = [
     pytest.param("register", "kill", 2, id="register+kill"),
     pytest.param("set", "pause", 3, id="set+pause"),
     pytest.param("watch", "kill", 4, id="watch+kill"),
+    pytest.param("register", "membership", 7, id="register+membership"),
 ]
 
 

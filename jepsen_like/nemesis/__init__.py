@@ -1,8 +1,7 @@
 """Nemeses: faults injected at the operating-system level (signals, iptables, files).
 
 ``make_nemesis(name, chain=...)`` builds one by name; see each module for what
-it does.  Membership changes (remove and re-add members) are not here yet: the
-store cannot add or remove members so far.
+it does.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 from jepsen_like.nemesis.base import FaultEvent, Nemesis, NemesisEnv, PlannedFault, plan_schedule
 from jepsen_like.nemesis.corrupt import CorruptNemesis
 from jepsen_like.nemesis.kill import KillNemesis
+from jepsen_like.nemesis.membership import MembershipNemesis
 from jepsen_like.nemesis.partition import PartitionNemesis
 from jepsen_like.nemesis.pause import PauseNemesis
 
@@ -23,7 +23,7 @@ __all__ = [
     "plan_schedule",
 ]
 
-NEMESES = ("kill", "pause", "partition", "corrupt")
+NEMESES = ("kill", "pause", "partition", "corrupt", "membership")
 """Names accepted by ``--nemesis`` (besides ``none``)."""
 
 
@@ -37,4 +37,6 @@ def make_nemesis(name: str, *, chain: str) -> Nemesis:
         return PartitionNemesis(chain)
     if name == "corrupt":
         return CorruptNemesis()
+    if name == "membership":
+        return MembershipNemesis()
     raise ValueError(f"unknown nemesis {name!r} (known: {', '.join(NEMESES)}, none)")
