@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -156,9 +157,9 @@ def server(
         else:
             _profiled(cpu_profile, config)
     except Exception as exc:
-        if _address_in_use(exc):
+        if _leaf_matching(exc, _is_address_in_use) is not None:
             raise CliError(f"address already in use: {_busy(config)}") from None
-        violation = _safety_violation(exc)
+        violation = _leaf_matching(exc, _is_safety_violation)
         if violation is not None:
             # The log on disk disagrees with what this member told its peers
             # (e.g. a WAL that lost fsynced records): stop, as etcd does, and
@@ -181,11 +182,19 @@ def _profiled(path: Path, config: MemberConfig) -> None:
         log.info("CPU profile written to %s", path)
 
 
-def _safety_violation(exc: BaseException) -> SafetyViolation | None:
+def _leaf_matching(
+    exc: BaseException, match: Callable[[BaseException], bool]
+) -> BaseException | None:
+    """The first exception in ``exc`` (itself, or inside exception groups)
+    that ``match`` accepts."""
     if isinstance(exc, BaseExceptionGroup):
-        found = (_safety_violation(inner) for inner in exc.exceptions)
-        return next((v for v in found if v is not None), None)
-    return exc if isinstance(exc, SafetyViolation) else None
+        found = (_leaf_matching(inner, match) for inner in exc.exceptions)
+        return next((leaf for leaf in found if leaf is not None), None)
+    return exc if match(exc) else None
+
+
+def _is_safety_violation(exc: BaseException) -> bool:
+    return isinstance(exc, SafetyViolation)
 
 
 _M_MMAP_THRESHOLD = -3
@@ -207,9 +216,7 @@ def _return_large_buffers_to_the_os() -> None:
     mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
-def _address_in_use(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_address_in_use(inner) for inner in exc.exceptions)
+def _is_address_in_use(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from kvstore.watch_stream import WatchStream
 
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R", bound=Request)
+"""A request type answered in batches."""
 
 _BATCHED_WRITES = (api.PutRequest, api.DeleteRangeRequest, api.TxnRequest)
 
@@ -291,24 +294,29 @@ class _Connection:
         await self._deliver()
 
     async def _answer_reads(self, reads: list[tuple[int, api.RangeRequest, float]]) -> None:
-        try:
-            responses = await self._handler.read_linearizable([request for _, request, _ in reads])
-        except Exception:
-            log.exception("client %s: %d reads failed", self._peer, len(reads))
-            error = Error(code=ErrorCode.INTERNAL, message="internal error", definite=True)
-            responses = [error] * len(reads)
-        for (request_id, request, started), response in zip(reads, responses, strict=True):
-            self._queue(request_id, response, request, started)
-        await self._deliver()
+        await self._answer_batch(reads, self._handler.read_linearizable, "reads", definite=True)
 
     async def _answer_writes(self, writes: list[tuple[int, WriteRequest, float]]) -> None:
+        await self._answer_batch(writes, self._handler.write_many, "writes", definite=False)
+
+    async def _answer_batch(
+        self,
+        batch: Sequence[tuple[int, _R, float]],
+        answer_all: Callable[[list[_R]], Awaitable[list[Response | Error]]],
+        what: str,
+        *,
+        definite: bool,
+    ) -> None:
+        """Answer requests received together with one call of ``answer_all``;
+        if it fails unexpectedly, each gets an internal error (``definite``:
+        whether they certainly did not happen)."""
         try:
-            responses = await self._handler.write_many([request for _, request, _ in writes])
+            responses = await answer_all([request for _, request, _ in batch])
         except Exception:
-            log.exception("client %s: %d writes failed", self._peer, len(writes))
-            error = Error(code=ErrorCode.INTERNAL, message="internal error", definite=False)
-            responses = [error] * len(writes)
-        for (request_id, request, started), response in zip(writes, responses, strict=True):
+            log.exception("client %s: %d %s failed", self._peer, len(batch), what)
+            error = Error(code=ErrorCode.INTERNAL, message="internal error", definite=definite)
+            responses = [error] * len(batch)
+        for (request_id, request, started), response in zip(batch, responses, strict=True):
             self._queue(request_id, response, request, started)
         await self._deliver()
 
