@@ -117,6 +117,7 @@ from kvstore.api import (
 )
 from kvstore.txn import Compare, Data, Op, key_range
 from raft.framing import FrameError, FrameReader, encode_frame
+from raft.outbox import Outbox
 
 if TYPE_CHECKING:
     from kvstore.snapshot_client import SnapshotDownload
@@ -357,19 +358,19 @@ class _Connection:
     nursery) reads every :class:`~kvstore.api.ServerFrame` and wakes the waiter
     of its ``request_id``; answers for requests nobody waits for are dropped.
 
-    Requests queue in an outbox; a writer task sends everything queued in one
-    system call, so concurrent callers never wait on each other to write.
+    A request is written to the socket at once when nothing is ahead of it;
+    otherwise it queues in an :class:`~raft.outbox.Outbox`, whose writer task
+    sends everything queued in one system call, so concurrent callers never
+    wait on each other to write.
     """
 
     def __init__(self, endpoint: str, stream: trio.SocketStream) -> None:
         self.endpoint = endpoint
         self._stream = stream
         self._reader = FrameReader(stream, api.MAX_FRAME_BYTES)
-        self._send_lock = trio.Lock()
-        self._outbox: list[bytes] = []
-        self._unsent: list[_Slot] = []
-        """Slots of the requests in the outbox (taken with it)."""
-        self._outbox_ready = trio.Event()
+        self._outbox = Outbox(on_taken=self._mark_sent)
+        self._unsent: deque[_Slot] = deque()
+        """Slots of the requests queued in the outbox, in order."""
         self._pending: dict[int, _Slot] = {}
         self._streams: dict[int, Callable[[Response | Error | None], None]] = {}
         self._ids = itertools.count(1)
@@ -385,7 +386,7 @@ class _Connection:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop)
+                    nursery.start_soon(self._write_loop, nursery.cancel_scope)
                     await self._read_loop()
                     nursery.cancel_scope.cancel()
         finally:
@@ -409,14 +410,17 @@ class _Connection:
         except (FrameError, msgspec.DecodeError, trio.BrokenResourceError, OSError) as exc:
             log.info("connection to %s failed: %s", self.endpoint, exc)
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready = trio.Event()
-            try:
-                await self._flush()
-            except _Lost:
-                return
+    async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
+        try:
+            await self._outbox.pump(self._stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("connection to %s failed: %s", self.endpoint, exc)
+        connection_scope.cancel()  # the run task closes the connection
+
+    def _mark_sent(self, count: int) -> None:
+        """The outbox took the next ``count`` queued requests to write."""
+        for _ in range(count):
+            self._unsent.popleft().sent = True
 
     def close(self) -> None:
         """End the connection now; waiters of sent requests get :class:`_Lost`,
@@ -451,9 +455,10 @@ class _Connection:
         slot = self._pending[request_id] = _Slot()
         try:
             on_send()
-            self._outbox.append(payload)
-            self._unsent.append(slot)
-            self._outbox_ready.set()
+            if self._outbox.put(payload, tokens=1):
+                slot.sent = True
+            else:
+                self._unsent.append(slot)
             await slot.wait()
             if slot.answer is None:
                 raise _Lost if slot.sent else _NotSent
@@ -487,27 +492,11 @@ class _Connection:
         payload = _encode_request(request_id, request)
         if self.dead:
             raise _NotSent
-        self._outbox.append(payload)
-        await self._flush()
-
-    async def _flush(self) -> None:
-        # Whoever takes the lock writes everything queued so far at once.
-        async with self._send_lock:
-            if not self._outbox:
-                return
-            data = b"".join(self._outbox)
-            self._outbox.clear()
-            for slot in self._unsent:
-                slot.sent = True
-            self._unsent.clear()
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.close()
-                raise _Lost from exc
-            except BaseException:
-                self.close()
-                raise
+        self._outbox.put(payload)
+        try:
+            await self._outbox.drained()
+        except trio.BrokenResourceError:
+            raise _Lost from None
 
 
 def _encode_request(request_id: int, request: Request) -> bytes:

@@ -11,11 +11,12 @@ Per request the work is kept small, since a busy member serves thousands a
 second on one core: a request the handler can answer at once (a serializable
 read, a status) is answered inline; the linearizable reads that arrive
 together share one task and one ReadIndex wait, the puts, deletes and txns one
-task and one turn of the Raft node; the rest get a task each.  Answers queue
-in an outbox that a writer task sends in one system call per batch.  A
-request holds one of the connection's ``max_inflight`` slots until its answer
-is written, so a client that sends without reading stalls its own connection,
-nothing else.
+task and one turn of the Raft node; the rest get a task each.  Answers are
+written together, in one system call per batch: straight to the socket when
+nothing is ahead of them, else by the connection's writer task
+(:class:`~raft.outbox.Outbox`).  A request holds one of the connection's
+``max_inflight`` slots until its answer is handed to the socket, so a client
+that sends without reading stalls its own connection, nothing else.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import trio
 from kvstore import api
 from kvstore.api import Error, ErrorCode, Request, Response, ServerFrame
 from raft.framing import FrameError, FrameReader, encode_frame
+from raft.outbox import Outbox
 
 if TYPE_CHECKING:
     from kvstore.commands import WriteRequest
@@ -147,11 +149,11 @@ class _Connection:
         self._handler = handler
         self._observe = observe
         self._stream = stream
-        self._send_lock = trio.Lock()
-        self._outbox: list[bytes] = []
-        self._outbox_slots = 0
-        """Slots held by the answers in the outbox, freed once they are written."""
-        self._outbox_ready = trio.Event()
+        self._outbox = Outbox(on_taken=self._release_slots)
+        self._answers: list[bytes] = []
+        """Encoded answers not yet handed to the outbox (see :meth:`_deliver`)."""
+        self._answer_slots = 0
+        """Slots held by ``_answers``: freed once the outbox takes them."""
         self._watches: dict[int, WatchStream] = {}
         self._slots = trio.Semaphore(max_inflight)
         try:
@@ -183,6 +185,7 @@ class _Connection:
         while True:
             payload = reader.read_buffered()
             if payload is None:
+                self._deliver()  # the inline answers to the frames read so far
                 if reads:
                     nursery.start_soon(self._answer_reads, reads)
                     reads = []
@@ -232,6 +235,7 @@ class _Connection:
                 try:
                     self._slots.acquire_nowait()
                 except trio.WouldBlock:
+                    self._deliver()
                     if reads:  # they hold slots: let them finish
                         nursery.start_soon(self._answer_reads, reads)
                         reads = []
@@ -242,8 +246,8 @@ class _Connection:
                 started = time.perf_counter()
                 answer = handler.answer_now(request)
                 if answer is not None:
-                    self._queue(request_id, answer, request, started)
-                    self._outbox_ready.set()  # sent once this batch of frames is read
+                    self._queue(request_id, answer, request, started)  # sent once the
+                    # frames received together are read
                 elif isinstance(request, api.RangeRequest):
                     reads.append((request_id, request, started))
                 elif isinstance(request, _BATCHED_WRITES):
@@ -291,7 +295,7 @@ class _Connection:
             log.exception("client %s: request %d failed", self._peer, request_id)
             response = Error(code=ErrorCode.INTERNAL, message="internal error", definite=False)
         self._queue(request_id, response, request, started)
-        await self._deliver()
+        self._deliver()
 
     async def _answer_reads(self, reads: list[tuple[int, api.RangeRequest, float]]) -> None:
         await self._answer_batch(reads, self._handler.read_linearizable, "reads", definite=True)
@@ -318,7 +322,7 @@ class _Connection:
             responses = [error] * len(batch)
         for (request_id, request, started), response in zip(batch, responses, strict=True):
             self._queue(request_id, response, request, started)
-        await self._deliver()
+        self._deliver()
 
     def _queue(
         self, request_id: int, response: Response | Error, request: Request, started: float
@@ -326,27 +330,26 @@ class _Connection:
         """Queue the answer to a request that holds a slot (freed once the
         answer is written), and tell the observer how long it took."""
         self._observe(request, response, time.perf_counter() - started)
-        self._outbox.append(encode_frame(api.encode(ServerFrame(request_id, response))))
-        self._outbox_slots += 1
+        self._answers.append(encode_frame(api.encode(ServerFrame(request_id, response))))
+        self._answer_slots += 1
 
-    async def _deliver(self) -> None:
-        """Send what is queued: right away if no write is under way (one
-        task switch less on a lone request's path), else by the writer task
-        after the current write."""
-        if self._send_lock.locked():
-            self._outbox_ready.set()
+    def _deliver(self) -> None:
+        """Hand the queued answers to the outbox, in one write."""
+        answers = self._answers
+        if not answers:
             return
-        try:
-            await self._flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._outbox_ready.set()  # the writer task ends the connection
+        data = answers[0] if len(answers) == 1 else b"".join(answers)
+        slots, self._answers, self._answer_slots = self._answer_slots, [], 0
+        if self._outbox.put(data, tokens=slots):
+            self._release_slots(slots)
+
+    def _release_slots(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
 
     async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
         try:
-            while True:
-                await self._outbox_ready.wait()
-                self._outbox_ready = trio.Event()
-                await self._flush()
+            await self._outbox.pump(self._stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             connection_scope.cancel()
 
@@ -372,19 +375,6 @@ class _Connection:
     async def _send(self, request_id: int, response: Response | Error) -> None:
         """Write one frame now, with whatever else is queued (returns once
         written: for watch streams, writing is the backpressure)."""
-        self._outbox.append(encode_frame(api.encode(ServerFrame(request_id, response))))
-        await self._flush()
-
-    async def _flush(self) -> None:
-        # Whoever holds the lock writes everything queued so far at once.
-        async with self._send_lock:
-            if not self._outbox:
-                return
-            data = b"".join(self._outbox)
-            self._outbox.clear()
-            slots, self._outbox_slots = self._outbox_slots, 0
-            try:
-                await self._stream.send_all(data)
-            finally:
-                for _ in range(slots):
-                    self._slots.release()
+        self._answers.append(encode_frame(api.encode(ServerFrame(request_id, response))))
+        self._deliver()
+        await self._outbox.drained()

@@ -90,6 +90,14 @@ class Config:
     """Unacknowledged snapshot chunks allowed per follower."""
     max_committed_size_per_ready: int = 64 << 20
     disable_proposal_forwarding: bool = False
+    eager_commit_broadcast: bool = True
+    """Tell followers of a new commit index at once, with an empty
+    AppendEntries if nothing new is to be sent (etcd's behaviour).  When False,
+    the commit index rides on the next AppendEntries or heartbeat, and the
+    driver calls :meth:`RaftCore.broadcast_commit` once
+    :meth:`RaftCore.commit_broadcast_due` has been true for as long as it
+    allows: under a steady stream of writes, followers then handle one message
+    per write instead of two."""
     applied: int = 0
     """Index the caller's state machine has already applied (on restart)."""
 
@@ -361,6 +369,29 @@ class RaftCore:
         else:
             self._send(TransferLeader(frm=self._id, to=self._leader, term=self._term, target=to))
 
+    def commit_broadcast_due(self) -> bool:
+        """Is this a leader with a follower (or learner) that has not heard of
+        the commit index covering entries it holds?  Only ever true without
+        :attr:`Config.eager_commit_broadcast`."""
+        if self._role is not Role.LEADER:
+            return False
+        committed = self.log.committed
+        for peer, progress in self._progress.items():
+            if progress.commit_sent < min(committed, progress.match) and peer != self._id:
+                return True
+        return False
+
+    def broadcast_commit(self) -> None:
+        """Send the commit index now to every peer that has not heard of it
+        (an empty AppendEntries, unless flow control holds it back: then the
+        peer hears it with the next message it is sent)."""
+        if self._role is not Role.LEADER:
+            return
+        committed = self.log.committed
+        for peer, progress in sorted(self._progress.items()):
+            if peer != self._id and progress.commit_sent < min(committed, progress.match):
+                self._send_append(peer)
+
     def step(self, message: Message) -> None:
         """Process one message addressed to this node."""
         self._check_no_ready_outstanding()
@@ -473,7 +504,7 @@ class RaftCore:
             if self._role is Role.LEADER:
                 own = self._progress[self._id]
                 if own.maybe_update(self.log.stable_last_index()) and self._maybe_commit():
-                    self._broadcast_pending = True
+                    self._commit_advanced()
         if ready.committed_entries:
             self.log.applied_to(ready.committed_entries[-1].index)
         self._prune_removed_progress()
@@ -837,6 +868,8 @@ class RaftCore:
             return
         progress.recent_active = True
         if message.reject:
+            # What it was told of the commit index came with entries it refused.
+            progress.commit_sent = min(progress.commit_sent, progress.match)
             hint = message.hint_index
             if message.hint_term > 0:
                 hint, _ = self.log.find_conflict_by_term(message.hint_index, message.hint_term)
@@ -859,7 +892,7 @@ class RaftCore:
                 # after it) arrived: stream from here.
                 progress.become_replicate()
             if self._maybe_commit():
-                self._broadcast_pending = True
+                self._commit_advanced()
             elif was_paused and progress.match == self.log.last_index():
                 # Nothing new to send, but while it was paused the follower may
                 # have missed the commit index moving on: tell it now.
@@ -923,6 +956,10 @@ class RaftCore:
         leader's current term are committed by counting replicas (§5.4.2);
         earlier ones are committed indirectly, by the Log Matching property."""
         return self.log.term_or_zero(index) == self._term
+
+    def _commit_advanced(self) -> None:
+        if self._config.eager_commit_broadcast:
+            self._broadcast_pending = True
 
     def _maybe_commit(self) -> bool:
         match = {peer: progress.match for peer, progress in self._progress.items()}
@@ -995,6 +1032,8 @@ class RaftCore:
             return False
         if not entries and not send_if_empty:
             return False
+        last_sent = entries[-1].index if entries else prev_index
+        progress.commit_sent = max(progress.commit_sent, min(self.log.committed, last_sent))
         self._send(
             AppendEntries(
                 frm=self._id,
@@ -1013,12 +1052,14 @@ class RaftCore:
         for peer, progress in sorted(self._progress.items()):
             if peer == self._id:
                 continue
+            commit = min(progress.match, self.log.committed)
+            progress.commit_sent = max(progress.commit_sent, commit)
             self._send(
                 Heartbeat(
                     frm=self._id,
                     to=peer,
                     term=self._term,
-                    commit=min(progress.match, self.log.committed),
+                    commit=commit,
                     read_round=read_round,
                 )
             )

@@ -5,9 +5,15 @@ One task owns the core.  Everything else (the ticker, the transport's
 receivers, callers proposing or reading) only queues inputs and wakes it.  The
 owner drains every queued input, then turns the core's Ready into actions in
 the contract's order: send the leader's traffic, persist (one fsync for the
-whole batch, in a worker thread, which is what makes group commit: inputs
-queue up while the disk works and all go into the next batch), send what
-needed the persist, hand committed entries to the application, advance.
+whole batch), send what needed the persist, hand committed entries to the
+application, advance.
+
+The persist runs in the owner task itself, as in etcd's raft loop: requests
+and peer messages that arrive while the disk syncs wait in their sockets and
+queues, and all go into the next batch (group commit).  A hand-off to a worker
+thread would let the loop go on meanwhile, but costs more than a lone write's
+fsync on the path of every write; only a Ready carrying a snapshot (a whole
+file to write) goes to a thread.
 
 The application consumes :attr:`RaftNode.committed` (an unbounded channel of
 :class:`ApplyBatch`, in log order), applies them to its state machine, and may
@@ -65,11 +71,17 @@ class NodeConfig:
     snapshot_catchup_entries: int = 5_000
     """Entries kept in the log behind a snapshot, for followers slightly behind."""
     storage_in_thread: bool = True
-    """Run fsyncing storage writes in a worker thread so the event loop keeps
-    serving (False for in-memory storage, and under a mock clock, which would
-    jump while a thread works)."""
+    """Run the long storage calls (writing snapshot files, compacting) in a
+    worker thread so the event loop keeps serving (False for in-memory
+    storage, and under a mock clock, which would jump while a thread works)."""
     max_pending_messages: int = 100_000
     """Incoming peer messages queued for the core before new ones are dropped."""
+    commit_broadcast_delay: float | None = 0.002
+    """Seconds a leader may keep a new commit index to itself, waiting for the
+    next AppendEntries to carry it, before it sends it alone; ``None`` sends it
+    at once (:attr:`raft.core.Config.eager_commit_broadcast`).  Followers apply
+    (and serve serializable reads and watches) up to this much later in a
+    quiet spell; under a stream of writes they handle half the messages."""
     read_round_interval: float = 0.001
     """Least seconds between the starts of two ReadIndex rounds.  Under load,
     reads that arrive meanwhile share the next round, so a heartbeat round
@@ -149,7 +161,11 @@ class RaftNode:
         self.transport = transport
         initial = storage.snapshot()
         self._snapshot_index = initial.meta.index
-        raft_config = dataclasses.replace(config.raft, applied=initial.meta.index)
+        raft_config = dataclasses.replace(
+            config.raft,
+            applied=initial.meta.index,
+            eager_commit_broadcast=config.commit_broadcast_delay is None,
+        )
         self.core = RaftCore(raft_config, storage, rng or random.Random())
         self.id = raft_config.id
         send, receive = trio.open_memory_channel[ApplyBatch](math.inf)
@@ -168,6 +184,8 @@ class RaftNode:
         self._read_counter = 0
         self._next_read_round = -math.inf
         """The earliest time the next read round may start."""
+        self._commit_broadcast_at = math.inf
+        """When the leader sends a commit index no message has carried yet."""
         self._transfers: list[int] = []
         self._conf_changes: list[tuple[ConfChange, _Waiter]] = []
         self.conf_listener: ConfListener | None = None
@@ -317,16 +335,30 @@ class RaftNode:
 
     async def _loop(self) -> None:
         while True:
+            deadline = self._commit_broadcast_at
             if self._read_queue and self._read_batch is None:
                 # Reads wait for the round interval to pass (see NodeConfig).
-                with trio.move_on_at(self._next_read_round):
-                    await self._wakeup.wait()
-            else:
+                deadline = min(deadline, self._next_read_round)
+            if deadline == math.inf:
                 await self._wakeup.wait()
+            else:
+                with trio.move_on_at(deadline):
+                    await self._wakeup.wait()
             self._wakeup = trio.Event()
+            if trio.current_time() >= self._commit_broadcast_at:
+                self._commit_broadcast_at = math.inf  # rescheduled below if still due
+                self.core.broadcast_commit()
             await self._step_inputs()
             while self.core.has_ready():
                 await self._handle_ready(self.core.ready())
+            self._schedule_commit_broadcast()
+
+    def _schedule_commit_broadcast(self) -> None:
+        delay = self.config.commit_broadcast_delay
+        if delay is None or not self.core.commit_broadcast_due():
+            self._commit_broadcast_at = math.inf
+        elif self._commit_broadcast_at == math.inf:
+            self._commit_broadcast_at = trio.current_time() + delay
 
     async def _step_inputs(self) -> None:
         core = self.core
@@ -374,7 +406,10 @@ class RaftNode:
                 self.fsyncs += 1
             if ready.must_sync:
                 started = time.perf_counter()
-                await self._storage_call(self.storage.persist, ready)
+                if ready.snapshot is None:
+                    self.storage.persist(ready)
+                else:
+                    await self._storage_call(self.storage.persist, ready)
                 self.observer.wal_synced(time.perf_counter() - started)
             else:
                 self.storage.persist(ready)

@@ -76,6 +76,10 @@ class Progress:
         self.snapshot_sender: SnapshotSender | None = None
         """In snapshot state: the transfer under way."""
         self.is_learner = is_learner
+        self.commit_sent = 0
+        """The highest commit index sent to this peer that it can act on (at
+        most the last entry it was sent): whether it still needs to hear of
+        the leader's commit index (see :meth:`RaftCore.commit_broadcast_due`)."""
 
     def __repr__(self) -> str:
         return (

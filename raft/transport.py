@@ -1,8 +1,9 @@
 """Moving Raft messages between members: over TCP, or in memory for tests.
 
-A transport never blocks the core: :meth:`Transport.send` puts each message on
-a bounded per-peer queue and drops it (counting the drop and marking the peer
-unreachable) when the queue is full.  Raft tolerates lost messages; a stalled
+A transport never blocks the core: :meth:`Transport.send` writes each peer's
+messages straight to its socket when it can (:mod:`raft.outbox`), else puts
+them on a bounded per-peer queue, and drops them (counting the drop and
+marking the peer unreachable) when the queue is full.  Raft tolerates lost messages; a stalled
 core does not tolerate a slow peer.
 
 TCP wire format: length-prefixed frames (:mod:`raft.framing`).  The dialling
@@ -27,6 +28,7 @@ import trio
 from raft.framing import FrameError, FrameReader, encode_frame
 from raft.messages import Heartbeat, HeartbeatResponse, Message, decode_message, encode_message
 from raft.observer import RaftObserver, RoundTripTimer
+from raft.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class TcpTransport:
         self.stats = PeerStats()
         self._round_trips = RoundTripTimer((observer or RaftObserver()).peer_round_trip)
         self._peers: dict[int, Address] = {}
-        self._queues: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._outboxes: dict[int, Outbox] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
         self._queue_size = queue_size
         self._max_frame = max_frame
@@ -126,19 +128,25 @@ class TcpTransport:
     # -- Sending ----------------------------------------------------------------------
 
     def send(self, messages: list[Message]) -> None:
+        by_peer: dict[int, list[bytes]] = {}
         for message in messages:
-            queue = self._queues.get(message.to)
-            if queue is None:
-                self.stats.dropped[message.to] += 1
+            to = message.to
+            if to not in self._outboxes:
+                self.stats.dropped[to] += 1
                 continue
             if type(message) is Heartbeat:
-                self._round_trips.sent(message.to)
-            try:
-                queue.send_nowait(message)
-            except trio.WouldBlock:
-                self.stats.dropped[message.to] += 1
-                self.stats.unreachable.add(message.to)
-                self._round_trips.lost(message.to)
+                self._round_trips.sent(to)
+            by_peer.setdefault(to, []).append(encode_frame(encode_message(message)))
+        for peer, frames in by_peer.items():
+            outbox = self._outboxes[peer]
+            if len(outbox) < self._queue_size:
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                outbox.put(data)
+                self.stats.bytes_sent[peer] += len(data)
+            else:
+                self.stats.dropped[peer] += len(frames)
+                self.stats.unreachable.add(peer)
+                self._round_trips.lost(peer)
 
     def set_peers(self, peers: dict[int, Address]) -> None:
         """Start talking to new peers and stop talking to removed ones."""
@@ -148,7 +156,7 @@ class TcpTransport:
         for peer in list(self._peers):
             if peer not in peers or peers[peer] != self._peers[peer]:
                 self._scopes.pop(peer).cancel()
-                self._queues.pop(peer).close()
+                del self._outboxes[peer]
                 del self._peers[peer]
         for peer, address in peers.items():
             if peer != self.node_id and peer not in self._peers:
@@ -156,18 +164,18 @@ class TcpTransport:
 
     def _start_sender(self, peer: int, address: Address) -> None:
         assert self._nursery is not None
-        send_channel, receive_channel = trio.open_memory_channel[Message](self._queue_size)
+        outbox = Outbox()
         scope = trio.CancelScope()
         self._peers[peer] = address
-        self._queues[peer] = send_channel
+        self._outboxes[peer] = outbox
         self._scopes[peer] = scope
-        self._nursery.start_soon(self._sender, peer, address, receive_channel, scope)
+        self._nursery.start_soon(self._sender, peer, address, outbox, scope)
 
     async def _sender(
         self,
         peer: int,
         address: Address,
-        queue: trio.MemoryReceiveChannel[Message],
+        outbox: Outbox,
         scope: trio.CancelScope,
     ) -> None:
         backoff = self._backoff[0]
@@ -195,26 +203,12 @@ class TcpTransport:
                         )
                         await stream.send_all(encode_frame(msgspec.msgpack.encode(hello)))
                         self.stats.unreachable.discard(peer)
-                        await self._pump(peer, stream, queue)
+                        await outbox.pump(stream)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
                     self.stats.unreachable.add(peer)
                     self._round_trips.lost(peer)
                     log.debug("node %d: connection to %d lost: %s", self.node_id, peer, error)
                     await trio.sleep(backoff)
-
-    async def _pump(
-        self, peer: int, stream: trio.SocketStream, queue: trio.MemoryReceiveChannel[Message]
-    ) -> None:
-        while True:
-            batch = [await queue.receive()]
-            while len(batch) < 256:
-                try:
-                    batch.append(queue.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            data = b"".join(encode_frame(encode_message(message)) for message in batch)
-            await stream.send_all(data)
-            self.stats.bytes_sent[peer] += len(data)
 
     # -- Receiving --------------------------------------------------------------------
 

@@ -413,6 +413,30 @@ class _BadFrame(Exception):
 # --- The log --------------------------------------------------------------------------
 
 
+class _MutationGuard:
+    """``with wal._mutating():`` refuses a closed or failed WAL, and marks the
+    WAL failed if the body raises ``OSError`` (a plain class: this is on the
+    path of every write, and a generator-based context manager costs more)."""
+
+    __slots__ = ("_wal",)
+
+    def __init__(self, wal: WAL) -> None:
+        self._wal = wal
+
+    def __enter__(self) -> None:
+        wal = self._wal
+        if wal._closed:
+            raise WALError(f"WAL {wal.directory} is closed")
+        if wal._failed is not None:
+            raise WALFailedError(
+                f"WAL {wal.directory} failed earlier ({wal._failed}); reopen it"
+            ) from wal._failed
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, OSError):
+            self._wal._failed = exc
+
+
 class WAL:
     """A segmented write-ahead log in ``directory``, recovered on construction.
 
@@ -450,6 +474,7 @@ class WAL:
         """The log was compacted by a record not yet durable: segments await removal."""
         self._failed: OSError | None = None
         self._closed = False
+        self._guard = _MutationGuard(self)
         self._chunk_bytes = min(_CHUNK_BYTES, max_record_bytes // 2)
 
         _make_directory(self.directory)
@@ -554,19 +579,8 @@ class WAL:
 
     # -- Writing internals -----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _mutating(self) -> Iterator[None]:
-        if self._closed:
-            raise WALError(f"WAL {self.directory} is closed")
-        if self._failed is not None:
-            raise WALFailedError(
-                f"WAL {self.directory} failed earlier ({self._failed}); reopen it"
-            ) from self._failed
-        try:
-            yield
-        except OSError as exc:
-            self._failed = exc
-            raise
+    def _mutating(self) -> _MutationGuard:
+        return self._guard
 
     def _chunks(self, entries: list[Entry]) -> Iterator[list[Entry]]:
         start, size = 0, 0

@@ -3,11 +3,13 @@ memory under a mock clock, and one cluster over real loopback TCP."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -55,8 +57,11 @@ class Applier:
 
 
 class MemoryCluster:
-    def __init__(self, nursery: trio.Nursery, snapshot_count: int = 10_000) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, snapshot_count: int = 10_000, **node_options: Any
+    ) -> None:
         self.nursery = nursery
+        self.node_options = node_options
         self.network = MemoryNetwork()
         self.storages = {i: MemoryStorage(ConfState(voters=IDS)) for i in IDS}
         self.nodes: dict[int, RaftNode] = {}
@@ -72,6 +77,7 @@ class MemoryCluster:
             snapshot_count=self.snapshot_count,
             snapshot_catchup_entries=2,
         )
+        config = dataclasses.replace(config, **self.node_options)
         node = RaftNode(
             config,
             self.storages[node_id],
@@ -104,9 +110,11 @@ class MemoryCluster:
 
 
 @asynccontextmanager
-async def memory_cluster(snapshot_count: int = 10_000) -> AsyncIterator[MemoryCluster]:
+async def memory_cluster(
+    snapshot_count: int = 10_000, **node_options: Any
+) -> AsyncIterator[MemoryCluster]:
     async with trio.open_nursery() as nursery:
-        cluster = MemoryCluster(nursery, snapshot_count)
+        cluster = MemoryCluster(nursery, snapshot_count, **node_options)
         for node_id in IDS:
             await cluster.start(node_id)
         yield cluster
@@ -192,6 +200,30 @@ def test_a_batch_proposed_without_a_leader_is_refused_item_by_item() -> None:
             with pytest.raises(ProposalDropped):
                 await alone.propose(b"z")
             nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock_clock())
+
+
+@pytest.mark.parametrize("delay", [None, 0.002])
+def test_followers_hear_of_a_commit_within_the_broadcast_delay(delay: float | None) -> None:
+    """A leader holds a new commit index back for at most
+    ``commit_broadcast_delay`` (waiting for an append to carry it), then sends
+    it alone: followers apply a lone write that much later than the leader,
+    long before the next heartbeat; with ``None`` they apply it at once."""
+
+    async def main() -> None:
+        async with memory_cluster(tick_interval=1.0, commit_broadcast_delay=delay) as cluster:
+            leader = await cluster.leader()
+            await trio.sleep(0.5)  # everything before settles
+            index = await leader.propose(b"lone")
+            assert index is not None
+            await cluster.appliers[leader.id].wait_applied(index)
+            committed_at = trio.current_time()
+            for node_id, applier in cluster.appliers.items():
+                if node_id != leader.id:
+                    await applier.wait_applied(index)
+            lag = trio.current_time() - committed_at
+            assert lag == pytest.approx(delay or 0.0, abs=1e-6)
 
     trio.run(main, clock=mock_clock())
 

@@ -2,16 +2,17 @@
 
 A Hypothesis ``RuleBasedStateMachine`` drives a simulated 3- or 5-node cluster
 (PreVote and CheckQuorum each on or off, normal or one-entry-per-message flow
-control) through any interleaving of: message delivery in any order (by
-position, by link, oldest first), drops, duplicates, ticks (one node, skewed,
-or all), crashes (also half way through a Ready, or while handling a
-message), restarts, nodes that hold their Ready back, symmetric and one-way
-partitions, proposals, ReadIndex requests, leadership transfers, forced
-campaigns and log compaction (so lagging followers catch up by
-InstallSnapshot).  After every simulated step all the safety checkers of
-:mod:`raft.sim.checkers` run.  At the end of every run the cluster is healed
-and must elect a leader, apply new proposals everywhere and answer a read on
-every node within ten election timeouts (the liveness phase).
+control, commit indexes broadcast at once or deferred) through any
+interleaving of: message delivery in any order (by position, by link, oldest
+first), drops, duplicates, ticks (one node, skewed, or all), crashes (also
+half way through a Ready, or while handling a message), restarts, nodes that
+hold their Ready back, symmetric and one-way partitions, proposals, ReadIndex
+requests, leadership transfers, forced campaigns, deferred commit broadcasts
+and log compaction (so lagging followers catch up by InstallSnapshot).  After
+every simulated step all the safety checkers of :mod:`raft.sim.checkers` run.
+At the end of every run the cluster is healed and must elect a leader, apply
+new proposals everywhere and answer a read on every node within ten election
+timeouts (the liveness phase).
 
 Sizing: ``KVSTORE_PROPERTY_EXAMPLES`` (default 800) examples of up to
 ``KVSTORE_PROPERTY_STEPS`` (default 100) rules each (a rule may be many
@@ -116,6 +117,7 @@ class RaftSimulation(RuleBasedStateMachine):
         check_quorum=st.booleans(),
         small_messages=st.booleans(),
         warm=st.booleans(),
+        eager_commit=st.booleans(),
     )
     @step
     def setup(
@@ -126,6 +128,7 @@ class RaftSimulation(RuleBasedStateMachine):
         check_quorum: bool,
         small_messages: bool,
         warm: bool,
+        eager_commit: bool,
     ) -> None:
         config = Config(
             id=1,
@@ -138,6 +141,9 @@ class RaftSimulation(RuleBasedStateMachine):
             max_inflight_msgs=2 if small_messages else 256,
             max_snapshot_chunk=16 if small_messages else 1 << 20,
             snapshot_window=2 if small_messages else 4,
+            # Deferred: followers hear of commits with later appends, heartbeats
+            # or the broadcast_commit rule (the driver's timer).
+            eager_commit_broadcast=eager_commit,
         )
         self._cluster = Cluster(
             size,
@@ -317,6 +323,11 @@ class RaftSimulation(RuleBasedStateMachine):
     @step
     def propose(self, n: int) -> None:
         self.cluster.propose(self.node(n), self.unique("v"))
+
+    @rule(n=nodes)
+    @step
+    def broadcast_commit(self, n: int) -> None:
+        self.cluster.broadcast_commit(self.node(n))
 
     @rule(n=nodes)
     @step

@@ -581,6 +581,16 @@ class Cluster:
 
     # -- Ready processing, crashes, restarts --------------------------------------------------
 
+    def broadcast_commit(self, node_id: int) -> None:
+        """``node_id`` sends its commit index to the peers that have not heard
+        it (what the driver does when a deferred broadcast is due)."""
+        self._begin(f"n{node_id} broadcast commit")
+        node = self._node(node_id)
+        if node is not None and node.core is not None:
+            node.core.broadcast_commit()
+            self._after_input(node)
+        self._step_done()
+
     def set_lazy(self, node_id: int, lazy: bool = True) -> None:
         """A lazy node processes its Ready only when :meth:`process` is called."""
         self._begin(f"n{node_id} {'holds' if lazy else 'stops holding'} its Ready")
