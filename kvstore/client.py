@@ -455,7 +455,9 @@ class _Connection:
         slot = self._pending[request_id] = _Slot()
         try:
             on_send()
-            if self._outbox.put(payload, tokens=1):
+            # A lone request goes straight out; with others in flight, the
+            # writer task batches them (see raft.outbox).
+            if self._outbox.put(payload, tokens=1, may_write_now=len(self._pending) == 1):
                 slot.sent = True
             else:
                 self._unsent.append(slot)

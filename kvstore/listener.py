@@ -38,6 +38,7 @@ from raft.outbox import Outbox
 if TYPE_CHECKING:
     from kvstore.commands import WriteRequest
     from kvstore.config import Address
+    from kvstore.server import WriteGroup
     from kvstore.watch_stream import WatchStream
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,12 @@ class RequestHandler(Protocol):
         """Answers to linearizable reads, in order, after one shared ReadIndex wait."""
         ...
 
-    async def write_many(self, requests: list[WriteRequest]) -> list[Response | Error]:
-        """Answers to writes, in order, proposed together."""
+    def submit_writes(self, requests: list[WriteRequest]) -> WriteGroup:
+        """Propose writes together, now, without waiting (never raises)."""
+        ...
+
+    async def await_writes(self, group: WriteGroup) -> list[Response | Error]:
+        """Answers to writes submitted together, in order."""
         ...
 
     def open_watch(self, request: api.WatchCreateRequest) -> WatchStream | Error: ...
@@ -155,6 +160,7 @@ class _Connection:
         self._answer_slots = 0
         """Slots held by ``_answers``: freed once the outbox takes them."""
         self._watches: dict[int, WatchStream] = {}
+        self._max_inflight = max_inflight
         self._slots = trio.Semaphore(max_inflight)
         try:
             self._peer = str(stream.socket.getpeername())
@@ -190,7 +196,7 @@ class _Connection:
                     nursery.start_soon(self._answer_reads, reads)
                     reads = []
                 if writes:
-                    nursery.start_soon(self._answer_writes, writes)
+                    self._submit_writes(writes, nursery)
                     writes = []
                 payload = await reader.read()
                 if payload is None:
@@ -240,7 +246,7 @@ class _Connection:
                         nursery.start_soon(self._answer_reads, reads)
                         reads = []
                     if writes:
-                        nursery.start_soon(self._answer_writes, writes)
+                        self._submit_writes(writes, nursery)
                         writes = []
                     await self._slots.acquire()
                 started = time.perf_counter()
@@ -300,8 +306,21 @@ class _Connection:
     async def _answer_reads(self, reads: list[tuple[int, api.RangeRequest, float]]) -> None:
         await self._answer_batch(reads, self._handler.read_linearizable, "reads", definite=True)
 
-    async def _answer_writes(self, writes: list[tuple[int, WriteRequest, float]]) -> None:
-        await self._answer_batch(writes, self._handler.write_many, "writes", definite=False)
+    def _submit_writes(
+        self, writes: list[tuple[int, WriteRequest, float]], nursery: trio.Nursery
+    ) -> None:
+        """Propose ``writes`` now (the node sees them in its next turn), and
+        answer them from a task once they are settled."""
+        group = self._handler.submit_writes([request for _, request, _ in writes])
+        nursery.start_soon(self._answer_writes, writes, group)
+
+    async def _answer_writes(
+        self, writes: list[tuple[int, WriteRequest, float]], group: WriteGroup
+    ) -> None:
+        async def answers(requests: list[WriteRequest]) -> list[Response | Error]:
+            return await self._handler.await_writes(group)
+
+        await self._answer_batch(writes, answers, "writes", definite=False)
 
     async def _answer_batch(
         self,
@@ -340,7 +359,10 @@ class _Connection:
             return
         data = answers[0] if len(answers) == 1 else b"".join(answers)
         slots, self._answers, self._answer_slots = self._answer_slots, [], 0
-        if self._outbox.put(data, tokens=slots):
+        # Answers to every request in flight on the connection go straight
+        # out; with others still in flight, the writer task batches them.
+        alone = self._max_inflight - self._slots.value == slots
+        if self._outbox.put(data, tokens=slots, may_write_now=alone):
             self._release_slots(slots)
 
     def _release_slots(self, count: int) -> None:

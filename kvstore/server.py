@@ -15,6 +15,7 @@ refused before proposing, and every read, definitely did not change anything.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -59,7 +60,7 @@ from raft.disk_storage import DiskStorage
 from raft.errors import ProposalDropped, ReadIndexDropped, RequestDropped
 from raft.membership import ConfChange, ConfChangeType, decode_conf_change
 from raft.messages import ConfState, EntryType
-from raft.node import NodeConfig, RaftNode
+from raft.node import ApplyBatch, NodeConfig, ProposalOutcome, RaftNode
 from raft.ready import Role
 from raft.storage import MemoryStorage
 from raft.transport import PeerStats, TcpTransport
@@ -76,13 +77,42 @@ LEARNER_READY_PERCENT = 90
 
 
 class _PendingWrite:
-    __slots__ = ("done", "response", "term")
+    """One write this member proposed, until it is answered."""
 
-    def __init__(self, term: int) -> None:
-        self.done = trio.Event()
-        self.response: Response | Error | None = None
+    __slots__ = ("group", "outcome", "response", "settled", "term")
+
+    def __init__(self, group: WriteGroup, term: int) -> None:
+        self.group = group
         self.term = term
         """The Raft term when it was proposed."""
+        self.outcome: ProposalOutcome = None
+        self.response: Response | Error | None = None
+        self.settled = False
+        """Applied (``response`` set), refused (``outcome`` says why), or given
+        up on: the leader changed or the member stopped."""
+
+    def settle(self, response: Response | Error | None = None) -> None:
+        if not self.settled:
+            self.settled, self.response = True, response
+            self.group.one_settled()
+
+
+class WriteGroup:
+    """Writes submitted together (:meth:`Member.submit_writes`); ``done`` is
+    set once every one of them is settled."""
+
+    __slots__ = ("done", "remaining", "seqs", "writes")
+
+    def __init__(self, size: int) -> None:
+        self.done = trio.Event()
+        self.remaining = size
+        self.writes: list[_PendingWrite] = []
+        self.seqs: list[int] = []
+
+    def one_settled(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
 
 
 class Member:
@@ -177,12 +207,12 @@ class Member:
                     node_config, storage, transport, random.Random(), observer=self.metrics.raft
                 )
                 node.conf_listener = self._on_conf
+                node.apply = functools.partial(self._apply_batch, node)
                 await nursery.start(node.run)
                 self.node = node
                 if not config.joining and set(config.peer_ids) == {self.id}:
                     node.campaign()  # alone: no need to wait out an election timeout
                 self.peer_address = (config.listen_peer[0], transport.bound_port)
-                nursery.start_soon(self._apply_loop)
                 nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._leadership_loop)
                 nursery.start_soon(self._expiry_loop)
@@ -203,58 +233,54 @@ class Member:
                 task_status.started(self)
         finally:
             self.stopping = True
-            for pending in self._pending.values():
-                pending.done.set()
+            for pending in list(self._pending.values()):
+                pending.settle()
             if isinstance(storage, DiskStorage):
                 storage.close()
 
     # -- Applying -------------------------------------------------------------------------
 
-    async def _apply_loop(self) -> None:
-        node = self.node
-        assert node is not None
+    def _apply_batch(self, node: RaftNode, batch: ApplyBatch) -> None:
+        """Apply one batch of committed entries (in the node's task: see
+        :attr:`RaftNode.apply`), answer the writes this member proposed, and
+        ask for a snapshot when one is due."""
         metrics = self.metrics
-        async for batch in node.committed:
-            if batch.snapshot is not None:
-                started = time.perf_counter()
-                self.state.restore(batch.snapshot.data)
-                self.watches.on_restore()
-                if self.lessor.primary:
-                    self._promote_lessor()
-                metrics.snapshot_applied(time.perf_counter() - started, len(batch.snapshot.data))
-                log.info(
-                    "member %s restored a snapshot at %d", self.name, batch.snapshot.meta.index
-                )
-            if batch.snapshot is not None:
-                self._learn_addresses(self.state.members)
-                self._refresh_peers()
-                self._schedule_drops(self.state.members)
+        if batch.snapshot is not None:
             started = time.perf_counter()
-            for entry in batch.entries:
-                if entry.type is EntryType.CONF_CHANGE:
-                    self._apply_conf_change(entry.index, entry.data)
-                    continue
-                result = self.state.apply(entry.index, entry.data)
-                if result is None or result.command is None:
-                    continue
-                if result.events:
-                    self.watches.on_apply(result.events[0].kv.mod_revision, result.events)
-                self._after_apply(result.command.request, result.response)
-                if result.command.origin == self.id:
-                    pending = self._pending.pop(result.command.seq, None)
-                    if pending is not None:
-                        pending.response = result.response
-                        pending.done.set()
-            if batch.entries:
-                metrics.apply.observe(time.perf_counter() - started)
-            self._applied_changed.set()
-            self._applied_changed = trio.Event()
-            if self._snapshot_wanted is None and node.snapshot_due(self.state.applied_index):
-                self._snapshot_wanted = self.state.capture()
-                self._snapshot_due.set()
+            self.state.restore(batch.snapshot.data)
+            self.watches.on_restore()
+            if self.lessor.primary:
+                self._promote_lessor()
+            metrics.snapshot_applied(time.perf_counter() - started, len(batch.snapshot.data))
+            log.info("member %s restored a snapshot at %d", self.name, batch.snapshot.meta.index)
+            self._learn_addresses(self.state.members)
+            self._refresh_peers()
+            self._schedule_drops(self.state.members)
+        started = time.perf_counter()
+        for entry in batch.entries:
+            if entry.type is EntryType.CONF_CHANGE:
+                self._apply_conf_change(entry.index, entry.data)
+                continue
+            result = self.state.apply(entry.index, entry.data)
+            if result is None or result.command is None:
+                continue
+            if result.events:
+                self.watches.on_apply(result.events[0].kv.mod_revision, result.events)
+            self._after_apply(result.command.request, result.response)
+            if result.command.origin == self.id:
+                pending = self._pending.pop(result.command.seq, None)
+                if pending is not None:
+                    pending.settle(result.response)
+        if batch.entries:
+            metrics.apply.observe(time.perf_counter() - started)
+        self._applied_changed.set()
+        self._applied_changed = trio.Event()
+        if self._snapshot_wanted is None and node.snapshot_due(self.state.applied_index):
+            self._snapshot_wanted = self.state.capture()
+            self._snapshot_due.set()
 
     async def _snapshot_loop(self) -> None:
-        """Save the snapshots the apply loop asks for, one at a time.  The
+        """Save the snapshots that applying asks for, one at a time.  The
         state was frozen at its index; encoding it (in a worker thread with
         disk storage) and writing it out do not hold up applying."""
         node = self.node
@@ -686,9 +712,9 @@ class Member:
         if node.leader == 0:
             return
         term = node.core.term
-        for pending in self._pending.values():
-            if pending.term < term and not pending.done.is_set():
-                pending.done.set()
+        for pending in list(self._pending.values()):
+            if pending.term < term:
+                pending.settle()
 
     async def _expiry_loop(self) -> None:
         """Revoke expired leases through Raft, but only after confirming, with
@@ -909,49 +935,63 @@ class Member:
         return (await self.write_many([request]))[0]
 
     async def write_many(self, requests: list[WriteRequest]) -> list[Response | Error]:
-        """Answers to writes (already checked by :meth:`answer_now`), in order.
+        """Answers to writes (already checked by :meth:`answer_now`), in order:
+        :meth:`submit_writes`, then :meth:`await_writes`."""
+        return await self.await_writes(self.submit_writes(requests))
 
-        They are proposed together (one turn of the node) and each is answered
-        once applied, or with the error saying why not and whether it may
-        still happen; all within one ``request_timeout``."""
+    def submit_writes(self, requests: list[WriteRequest]) -> WriteGroup:
+        """Propose writes (already checked by :meth:`answer_now`) together, in
+        the node's next turn, without waiting; :meth:`await_writes` answers
+        them.  Never raises: whatever goes wrong is in the answers."""
         node = self.node
         assert node is not None
-        pending = [_PendingWrite(node.core.term) for _ in requests]
-        seqs = [next(self._seq) for _ in requests]
-        self._pending.update(zip(seqs, pending, strict=True))
+        group = WriteGroup(len(requests))
+        term = node.core.term
+        for _ in requests:
+            seq = next(self._seq)
+            write = _PendingWrite(group, term)
+            group.writes.append(write)
+            group.seqs.append(seq)
+            self._pending[seq] = write
+        commands = [
+            encode_command(Command(self.id, seq, request))
+            for seq, request in zip(group.seqs, requests, strict=True)
+        ]
+
+        def on_outcomes(outcomes: list[ProposalOutcome]) -> None:
+            for write, outcome in zip(group.writes, outcomes, strict=True):
+                write.outcome = outcome
+                if isinstance(outcome, RequestDropped):
+                    write.settle()
+
+        node.submit_batch(commands, on_outcomes)
+        return group
+
+    async def await_writes(self, group: WriteGroup) -> list[Response | Error]:
+        """The answers to writes submitted together: each once applied, or the
+        error saying why not and whether it may still happen; all within one
+        ``request_timeout``."""
         try:
-            commands = [
-                encode_command(Command(self.id, seq, request))
-                for seq, request in zip(seqs, requests, strict=True)
-            ]
-            try:
-                outcomes = await node.propose_batch(commands)
-            except RequestDropped as dropped:  # the node stopped first: none proposed
-                return [_error(ErrorCode.STOPPED, dropped.reason, definite=True)] * len(requests)
             with trio.move_on_after(self.config.request_timeout):
-                for write, outcome in zip(pending, outcomes, strict=True):
-                    if not isinstance(outcome, RequestDropped):
-                        await write.done.wait()
-            return [
-                self._write_answer(write, outcome)
-                for write, outcome in zip(pending, outcomes, strict=True)
-            ]
+                await group.done.wait()
+            return [self._write_answer(write) for write in group.writes]
         finally:
-            for seq in seqs:
+            for seq in group.seqs:
                 self._pending.pop(seq, None)
 
-    def _write_answer(
-        self, write: _PendingWrite, outcome: int | RequestDropped | None
-    ) -> Response | Error:
+    def _write_answer(self, write: _PendingWrite) -> Response | Error:
         if write.response is not None:
             self.metrics.proposals_committed += 1
             return self._with_header(write.response)
         self.metrics.proposals_failed += 1
-        if isinstance(outcome, RequestDropped):
+        outcome = write.outcome
+        if isinstance(outcome, ProposalDropped):
             return _error(ErrorCode.NO_LEADER, f"no leader: {outcome.reason}", definite=True)
+        if isinstance(outcome, RequestDropped):  # the node stopped before its core saw it
+            return _error(ErrorCode.STOPPED, outcome.reason, definite=True)
         if self.stopping:
             return _error(ErrorCode.STOPPED, "member stopped", definite=False)
-        if write.done.is_set():
+        if write.settled:
             return _error(
                 ErrorCode.LEADER_CHANGED,
                 "the leader changed before the write was applied; it may still be",

@@ -178,6 +178,8 @@ class RaftCore:
         self._read_only = ReadOnly()
         self._reads_awaiting_commit: list[tuple[int, bytes]] = []
         self._snapshot_receiver: SnapshotReceiver | None = None
+        self._committed_conf_change = False
+        """The last commit advance covered a membership change."""
 
         self._messages: list[Message] = []
         self._persisted_messages: list[Message] = []
@@ -958,15 +960,19 @@ class RaftCore:
         return self.log.term_or_zero(index) == self._term
 
     def _commit_advanced(self) -> None:
-        if self._config.eager_commit_broadcast:
+        # A committed membership change is always told at once: members
+        # learn promptly that they were added, promoted or removed.
+        if self._config.eager_commit_broadcast or self._committed_conf_change:
             self._broadcast_pending = True
 
     def _maybe_commit(self) -> bool:
         match = {peer: progress.match for peer, progress in self._progress.items()}
         index = quorum.committed_index(self._voters, match)
-        if index <= self.log.committed or not self._can_commit_at(index):
+        previous = self.log.committed
+        if index <= previous or not self._can_commit_at(index):
             return False
         self.log.commit_to(index)
+        self._committed_conf_change = previous < self.log.confs.last_change_index() <= index
         if self._reads_awaiting_commit and self._committed_in_current_term():
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for requester, context in waiting:

@@ -8,16 +8,18 @@ the contract's order: send the leader's traffic, persist (one fsync for the
 whole batch), send what needed the persist, hand committed entries to the
 application, advance.
 
-The persist runs in the owner task itself, as in etcd's raft loop: requests
-and peer messages that arrive while the disk syncs wait in their sockets and
-queues, and all go into the next batch (group commit).  A hand-off to a worker
-thread would let the loop go on meanwhile, but costs more than a lone write's
-fsync on the path of every write; only a Ready carrying a snapshot (a whole
-file to write) goes to a thread.
+Group commit: inputs that arrive while the disk syncs all go into the next
+batch.  The fsync of a batch runs in a worker thread, so the member goes on
+reading requests, applying and answering while the disk syncs.  A Ready with
+a lone entry (or none: a vote) is persisted in the node's own task instead, as
+etcd's raft loop does: with one write in flight there is little to overlap,
+and the hand-off to a thread costs more CPU and latency than it saves.
 
 The application consumes :attr:`RaftNode.committed` (an unbounded channel of
-:class:`ApplyBatch`, in log order), applies them to its state machine, and may
-hand back a snapshot of that state with :meth:`RaftNode.save_snapshot`.
+:class:`ApplyBatch`, in log order), or sets :attr:`RaftNode.apply` to be
+handed each batch in the node's own task (a task switch less per batch),
+applies them to its state machine, and may hand back a snapshot of that state
+with :meth:`RaftNode.save_snapshot`.
 """
 
 from __future__ import annotations
@@ -71,9 +73,12 @@ class NodeConfig:
     snapshot_catchup_entries: int = 5_000
     """Entries kept in the log behind a snapshot, for followers slightly behind."""
     storage_in_thread: bool = True
-    """Run the long storage calls (writing snapshot files, compacting) in a
-    worker thread so the event loop keeps serving (False for in-memory
+    """Run the long storage calls (large persists, snapshot files, compaction)
+    in a worker thread so the event loop keeps serving (False for in-memory
     storage, and under a mock clock, which would jump while a thread works)."""
+    persist_inline_max_entries: int = 1
+    """A Ready holding at most this many entries (and no snapshot) is
+    persisted in the node's own task; see the module docstring."""
     max_pending_messages: int = 100_000
     """Incoming peer messages queued for the core before new ones are dropped."""
     commit_broadcast_delay: float | None = 0.002
@@ -98,6 +103,10 @@ class ApplyBatch:
     entries: list[Entry]
 
 
+Applier = Callable[[ApplyBatch], None]
+"""Applies one batch to the application's state machine, in the node's task:
+it must not block or await (it may queue inputs: propose, read_index, ...)."""
+
 ConfListener = Callable[[ConfState, bytes], None]
 """Told the membership in effect and the context of the newest conf change in
 the log (b"" if none), whenever the membership changes (and once at start)."""
@@ -105,6 +114,10 @@ the log (b"" if none), whenever the membership changes (and once at start)."""
 
 class LeadershipLost(RequestDropped):
     """The node stopped while a read was pending; it was not served."""
+
+
+class _NodeStopped(RequestDropped):
+    """The node stopped before the core saw the proposal."""
 
 
 @dataclass
@@ -124,17 +137,14 @@ class _Waiter:
         return self.index
 
 
-class _ProposalBatch:
-    """Proposals handed to the core in one turn, and what became of each."""
+ProposalOutcome = int | RequestDropped | None
+"""What became of one proposal: its index on the leader, ``None`` when
+forwarded to the leader, or the :class:`~raft.errors.RequestDropped` that
+refused it (definitely not appended)."""
 
-    __slots__ = ("data", "done", "error", "outcomes")
-
-    def __init__(self, data: list[bytes]) -> None:
-        self.data = data
-        self.done = trio.Event()
-        self.outcomes: list[int | RequestDropped | None] = []
-        self.error: RequestDropped | None = None
-        """Set when the node stopped before the core saw them."""
+OutcomeListener = Callable[[list[ProposalOutcome]], None]
+"""Told the outcome of every proposal of a batch, in order, in the node's
+task: it must not block or await."""
 
 
 @dataclass
@@ -171,14 +181,17 @@ class RaftNode:
         send, receive = trio.open_memory_channel[ApplyBatch](math.inf)
         self._apply_send = send
         self.committed: trio.MemoryReceiveChannel[ApplyBatch] = receive
-        if initial.meta.index > 0:
-            send.send_nowait(ApplyBatch(initial, []))
+        self.apply: Applier | None = None
+        """If set before :meth:`run`, every batch goes to it (in the node's
+        task, before the Ready is advanced) instead of to :attr:`committed`."""
+        self._initial_batch = ApplyBatch(initial, []) if initial.meta.index > 0 else None
 
         self._wakeup = trio.Event()
         self._ticks = 0
         self._ticks_this_step = 0
         self._incoming: deque[Message] = deque()
-        self._proposals: list[_ProposalBatch] = []
+        self._proposals: list[tuple[list[bytes], OutcomeListener]] = []
+        self._stopped = False
         self._read_queue: list[_Waiter] = []
         self._read_batch: _ReadBatch | None = None
         self._read_counter = 0
@@ -221,19 +234,34 @@ class RaftNode:
             raise outcome
         return outcome
 
-    async def propose_batch(self, data: list[bytes]) -> list[int | RequestDropped | None]:
-        """Hand every item of ``data`` to the core in one turn, in order; for
-        each, its index on the leader, ``None`` when forwarded, or the
-        :class:`~raft.errors.ProposalDropped` that refused it (definitely not
-        appended).  Raises :class:`~raft.errors.RequestDropped` if the node
-        stopped before the core saw them (none appended)."""
-        batch = _ProposalBatch(data)
-        self._proposals.append(batch)
+    async def propose_batch(self, data: list[bytes]) -> list[ProposalOutcome]:
+        """Hand every item of ``data`` to the core in one turn, in order, and
+        return their outcomes (see :data:`ProposalOutcome`).  Raises
+        :class:`~raft.errors.RequestDropped` if the node stopped before the
+        core saw them (none appended)."""
+        done = trio.Event()
+        result: list[ProposalOutcome] = []
+
+        def settle(outcomes: list[ProposalOutcome]) -> None:
+            result.extend(outcomes)
+            done.set()
+
+        self.submit_batch(data, settle)
+        await done.wait()
+        if result and isinstance(result[0], _NodeStopped):
+            raise result[0]  # every outcome is: none was appended
+        return result
+
+    def submit_batch(self, data: list[bytes], on_outcomes: OutcomeListener) -> None:
+        """Queue every item of ``data`` for the core's next turn, without
+        waiting: ``on_outcomes`` is told what became of each (in the node's
+        task).  If the node stops first (or has stopped), every outcome is a
+        :class:`~raft.errors.RequestDropped` and none was appended."""
+        if self._stopped:
+            on_outcomes([_NodeStopped("node stopped")] * len(data))
+            return
+        self._proposals.append((data, on_outcomes))
         self._wakeup.set()
-        await batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-        return batch.outcomes
 
     async def propose_conf_change(self, change: ConfChange) -> int:
         """Append a membership change on the leader; returns its log index.
@@ -315,14 +343,17 @@ class RaftNode:
             await nursery.start(self.transport.run, self.deliver)
             nursery.start_soon(self._ticker)
             self._notify_conf(self.core.conf_state())
+            if self._initial_batch is not None:
+                self._hand_over(self._initial_batch)
+                self._initial_batch = None
             task_status.started()
             try:
                 await self._loop()
             finally:
+                self._stopped = True
                 self._fail_reads(LeadershipLost("node stopped"))
-                for batch in self._proposals:
-                    batch.error = RequestDropped("node stopped")
-                    batch.done.set()
+                for data, on_outcomes in self._proposals:
+                    on_outcomes([_NodeStopped("node stopped")] * len(data))
                 for _, waiter in self._conf_changes:
                     waiter.resolve(error=RequestDropped("node stopped"))
                 nursery.cancel_scope.cancel()
@@ -371,14 +402,14 @@ class RaftNode:
             self._campaign = False
             core.campaign()
         proposals, self._proposals = self._proposals, []
-        for batch in proposals:
-            outcomes = batch.outcomes
-            for data in batch.data:
+        for batch, on_outcomes in proposals:
+            outcomes: list[ProposalOutcome] = []
+            for data in batch:
                 try:
                     outcomes.append(core.propose(data))
                 except RequestDropped as error:
                     outcomes.append(error)
-            batch.done.set()
+            on_outcomes(outcomes)
         changes, self._conf_changes = self._conf_changes, []
         for change, waiter in changes:
             try:
@@ -406,7 +437,7 @@ class RaftNode:
                 self.fsyncs += 1
             if ready.must_sync:
                 started = time.perf_counter()
-                if ready.snapshot is None:
+                if self._persist_inline(ready):
                     self.storage.persist(ready)
                 else:
                     await self._storage_call(self.storage.persist, ready)
@@ -417,7 +448,7 @@ class RaftNode:
         if ready.snapshot is not None:
             self._snapshot_index = ready.snapshot.meta.index
         if ready.snapshot is not None or ready.committed_entries:
-            self._apply_send.send_nowait(ApplyBatch(ready.snapshot, ready.committed_entries))
+            self._hand_over(ApplyBatch(ready.snapshot, ready.committed_entries))
         batch = self._read_batch
         for read_state in ready.read_states:
             if batch is not None and read_state.context == batch.context:
@@ -428,6 +459,19 @@ class RaftNode:
         if ready.soft_state is not None:
             self._on_soft_state(ready.soft_state.leader, ready.soft_state.role)
         self.core.advance(ready)
+
+    def _persist_inline(self, ready: Ready) -> bool:
+        """Is ``ready`` small enough to persist in the node's own task (see
+        the module docstring)?"""
+        return (
+            ready.snapshot is None and len(ready.entries) <= self.config.persist_inline_max_entries
+        )
+
+    def _hand_over(self, batch: ApplyBatch) -> None:
+        if self.apply is not None:
+            self.apply(batch)
+        else:
+            self._apply_send.send_nowait(batch)
 
     def _notify_conf(self, conf: ConfState) -> None:
         if self.conf_listener is not None:

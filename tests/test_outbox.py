@@ -56,6 +56,30 @@ def test_a_put_with_nothing_ahead_is_written_at_once() -> None:
     trio.run(main)
 
 
+def test_a_burst_is_batched_and_a_lone_put_later_goes_straight_out() -> None:
+    async def main() -> None:
+        outbox = Outbox(cork_seconds=0.001)
+        writer, reader = _pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.pump, writer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outbox.put(b"a")  # straight out
+            assert [outbox.put(b"b"), outbox.put(b"c")] == [False, False]  # corked: queued
+            assert await _read_exactly(reader, 3) == b"abc"
+            await trio.sleep(0.002)
+            assert outbox.put(b"d")
+            assert await _read_exactly(reader, 1) == b"d"
+            # A stream of puts closer together than the cork: all via the pump.
+            for letter in b"efg":
+                await trio.sleep(0.0006)
+                assert not outbox.put(bytes([letter]))
+                await outbox.drained()
+            assert await _read_exactly(reader, 3) == b"efg"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_puts_behind_a_blocked_socket_queue_and_go_out_in_order() -> None:
     async def main() -> None:
         taken: list[int] = []
@@ -122,6 +146,7 @@ def test_drained_raises_once_the_connection_is_gone() -> None:
     async def main() -> None:
         outbox = Outbox()
         writer, reader = _pair()
+
         async def pump() -> None:
             with contextlib.suppress(trio.BrokenResourceError, OSError):
                 await outbox.pump(writer)

@@ -11,6 +11,7 @@ behaviour down.
 from __future__ import annotations
 
 from raft.core import RaftCore
+from raft.membership import ConfChange, ConfChangeType
 from raft.messages import AppendEntries, AppendResponse, Heartbeat
 from tests.raft_helpers import ack, become_leader, drive, make_core, only
 
@@ -101,6 +102,23 @@ def test_a_refused_append_is_retried_with_the_commit_index() -> None:
     leader.broadcast_commit()
     told = only(drive(leader).messages, AppendEntries, to=2)
     assert [(m.commit, m.entries) for m in told] == [(index + 1, [])]
+    assert not leader.commit_broadcast_due()
+
+
+def test_a_committed_membership_change_is_told_at_once() -> None:
+    """Members learn promptly that they were added, promoted or removed."""
+    leader, index = _leader_with_entry(eager=False)
+    leader.step(ack(leader, 3, index))
+    leader.broadcast_commit()
+    drive(leader)
+    assert not leader.commit_broadcast_due()
+    change = leader.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    drive(leader)
+    leader.step(ack(leader, 2, change))
+    out = drive(leader)
+    assert leader.log.committed == change
+    told = [m for m in only(out.messages, AppendEntries) if m.commit == change]
+    assert {m.to for m in told} >= {2, 3}
     assert not leader.commit_broadcast_due()
 
 

@@ -496,6 +496,7 @@ class WALDiskSimulation(RaftSimulation):
         check_quorum=st.booleans(),
         small_messages=st.booleans(),
         warm=st.booleans(),
+        eager_commit=st.booleans(),
         segment_bytes=st.sampled_from([1024, 4096, 1 << 20]),
         max_record_bytes=st.sampled_from([1024, 1 << 20]),
     )
@@ -507,6 +508,7 @@ class WALDiskSimulation(RaftSimulation):
         check_quorum: bool,
         small_messages: bool,
         warm: bool,
+        eager_commit: bool,
         segment_bytes: int,
         max_record_bytes: int,
     ) -> None:
@@ -515,7 +517,9 @@ class WALDiskSimulation(RaftSimulation):
         )
         _SETTING_UP.append(self.disks)
         try:
-            RaftSimulation.setup(self, size, seed, pre_vote, check_quorum, small_messages, warm)
+            RaftSimulation.setup(
+                self, size, seed, pre_vote, check_quorum, small_messages, warm, eager_commit
+            )
         finally:
             _SETTING_UP.remove(self.disks)
 

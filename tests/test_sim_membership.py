@@ -58,6 +58,7 @@ class MembershipSimulation(RaftSimulation):
         pre_vote=st.booleans(),
         check_quorum=st.booleans(),
         small_messages=st.booleans(),
+        eager_commit=st.booleans(),
     )
     @step
     def setup(  # type: ignore[override]
@@ -67,6 +68,7 @@ class MembershipSimulation(RaftSimulation):
         pre_vote: bool,
         check_quorum: bool,
         small_messages: bool,
+        eager_commit: bool,
     ) -> None:
         config = Config(
             id=1,
@@ -77,6 +79,7 @@ class MembershipSimulation(RaftSimulation):
             max_inflight_msgs=2 if small_messages else 256,
             max_snapshot_chunk=16 if small_messages else 1 << 20,
             snapshot_window=2 if small_messages else 4,
+            eager_commit_broadcast=eager_commit,
         )
         self._cluster = Cluster(
             size,

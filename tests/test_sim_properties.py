@@ -128,7 +128,7 @@ class RaftSimulation(RuleBasedStateMachine):
         check_quorum: bool,
         small_messages: bool,
         warm: bool,
-        eager_commit: bool,
+        eager_commit: bool = True,
     ) -> None:
         config = Config(
             id=1,
