@@ -10,11 +10,12 @@ malformed or unknown request gets a definite error and the connection goes on.
 Per request the work is kept small, since a busy member serves thousands a
 second on one core: a request the handler can answer at once (a serializable
 read, a status) is answered inline; the linearizable reads that arrive
-together share one task and one ReadIndex wait, the puts, deletes and txns one
-task and one turn of the Raft node; the rest get a task each.  Answers are
-written together, in one system call per batch: straight to the socket when
-nothing is ahead of them, else by the connection's writer task
-(:class:`~raft.outbox.Outbox`).  A request holds one of the connection's
+together share one task and one ReadIndex wait; the puts, deletes and txns
+that arrive together are proposed at once, in one turn of the Raft node, and
+answered by a callback when applied (no task waits for them); the rest get a
+task each.  Answers are written together, in one system call per batch:
+straight to the socket for a lone request, else by the connection's writer
+task (:class:`~raft.outbox.Outbox`).  A request holds one of the connection's
 ``max_inflight`` slots until its answer is handed to the socket, so a client
 that sends without reading stalls its own connection, nothing else.
 """
@@ -38,7 +39,6 @@ from raft.outbox import Outbox
 if TYPE_CHECKING:
     from kvstore.commands import WriteRequest
     from kvstore.config import Address
-    from kvstore.server import WriteGroup
     from kvstore.watch_stream import WatchStream
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,11 @@ class RequestHandler(Protocol):
         """Answers to linearizable reads, in order, after one shared ReadIndex wait."""
         ...
 
-    def submit_writes(self, requests: list[WriteRequest]) -> WriteGroup:
-        """Propose writes together, now, without waiting (never raises)."""
-        ...
-
-    async def await_writes(self, group: WriteGroup) -> list[Response | Error]:
-        """Answers to writes submitted together, in order."""
+    def submit_writes(
+        self, requests: list[WriteRequest], on_answers: Callable[[list[Response | Error]], None]
+    ) -> None:
+        """Propose writes together, now; ``on_answers`` gets their answers, in
+        order, once (from another task, without blocking)."""
         ...
 
     def open_watch(self, request: api.WatchCreateRequest) -> WatchStream | Error: ...
@@ -196,7 +195,7 @@ class _Connection:
                     nursery.start_soon(self._answer_reads, reads)
                     reads = []
                 if writes:
-                    self._submit_writes(writes, nursery)
+                    self._submit_writes(writes)
                     writes = []
                 payload = await reader.read()
                 if payload is None:
@@ -246,7 +245,7 @@ class _Connection:
                         nursery.start_soon(self._answer_reads, reads)
                         reads = []
                     if writes:
-                        self._submit_writes(writes, nursery)
+                        self._submit_writes(writes)
                         writes = []
                     await self._slots.acquire()
                 started = time.perf_counter()
@@ -306,21 +305,17 @@ class _Connection:
     async def _answer_reads(self, reads: list[tuple[int, api.RangeRequest, float]]) -> None:
         await self._answer_batch(reads, self._handler.read_linearizable, "reads", definite=True)
 
-    def _submit_writes(
-        self, writes: list[tuple[int, WriteRequest, float]], nursery: trio.Nursery
-    ) -> None:
-        """Propose ``writes`` now (the node sees them in its next turn), and
-        answer them from a task once they are settled."""
-        group = self._handler.submit_writes([request for _, request, _ in writes])
-        nursery.start_soon(self._answer_writes, writes, group)
+    def _submit_writes(self, writes: list[tuple[int, WriteRequest, float]]) -> None:
+        """Propose ``writes`` now (the node sees them in its next turn); their
+        answers go out as soon as the member has them, with no task of ours
+        waiting for them."""
 
-    async def _answer_writes(
-        self, writes: list[tuple[int, WriteRequest, float]], group: WriteGroup
-    ) -> None:
-        async def answers(requests: list[WriteRequest]) -> list[Response | Error]:
-            return await self._handler.await_writes(group)
+        def answered(answers: list[Response | Error]) -> None:
+            for (request_id, request, started), answer in zip(writes, answers, strict=True):
+                self._queue(request_id, answer, request, started)
+            self._deliver()
 
-        await self._answer_batch(writes, answers, "writes", definite=False)
+        self._handler.submit_writes([request for _, request, _ in writes], answered)
 
     async def _answer_batch(
         self,

@@ -50,6 +50,7 @@ from kvstore.membership import (
 )
 from kvstore.metrics import MemberMetrics
 from kvstore.metrics_http import serve_metrics
+from kvstore.pending_writes import PendingWrite, PendingWrites, WriteGroup
 from kvstore.snapshot_stream import chunk_bytes_for, snapshot_messages
 from kvstore.state_machine import KVStateMachine, StateCopy
 from kvstore.validation import validate_request
@@ -76,45 +77,6 @@ LEARNER_READY_PERCENT = 90
 (etcd's ``readyPercentThreshold``)."""
 
 
-class _PendingWrite:
-    """One write this member proposed, until it is answered."""
-
-    __slots__ = ("group", "outcome", "response", "settled", "term")
-
-    def __init__(self, group: WriteGroup, term: int) -> None:
-        self.group = group
-        self.term = term
-        """The Raft term when it was proposed."""
-        self.outcome: ProposalOutcome = None
-        self.response: Response | Error | None = None
-        self.settled = False
-        """Applied (``response`` set), refused (``outcome`` says why), or given
-        up on: the leader changed or the member stopped."""
-
-    def settle(self, response: Response | Error | None = None) -> None:
-        if not self.settled:
-            self.settled, self.response = True, response
-            self.group.one_settled()
-
-
-class WriteGroup:
-    """Writes submitted together (:meth:`Member.submit_writes`); ``done`` is
-    set once every one of them is settled."""
-
-    __slots__ = ("done", "remaining", "seqs", "writes")
-
-    def __init__(self, size: int) -> None:
-        self.done = trio.Event()
-        self.remaining = size
-        self.writes: list[_PendingWrite] = []
-        self.seqs: list[int] = []
-
-    def one_settled(self) -> None:
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done.set()
-
-
 class Member:
     """A running member.  Use :meth:`run` inside a nursery (``await nursery.start(member.run)``)."""
 
@@ -125,7 +87,7 @@ class Member:
         self.name = config.name
         self.state = KVStateMachine()
         self._seq = itertools.count(secrets.randbits(40) << 20)
-        self._pending: dict[int, _PendingWrite] = {}
+        self._pending = PendingWrites()
         self._applied_changed = trio.Event()
         self._storage: DiskStorage | MemoryStorage | None = None
         self.node: RaftNode | None = None
@@ -216,6 +178,7 @@ class Member:
                 nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._leadership_loop)
                 nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(self._pending.expire)
                 if config.auto_compaction_retention or config.auto_compaction_period:
                     nursery.start_soon(self._auto_compact)
                 if config.listen_metrics is not None:
@@ -233,8 +196,7 @@ class Member:
                 task_status.started(self)
         finally:
             self.stopping = True
-            for pending in list(self._pending.values()):
-                pending.settle()
+            self._pending.give_up_all()
             if isinstance(storage, DiskStorage):
                 storage.close()
 
@@ -268,9 +230,7 @@ class Member:
                 self.watches.on_apply(result.events[0].kv.mod_revision, result.events)
             self._after_apply(result.command.request, result.response)
             if result.command.origin == self.id:
-                pending = self._pending.pop(result.command.seq, None)
-                if pending is not None:
-                    pending.settle(result.response)
+                self._pending.settle(result.command.seq, result.response)
         if batch.entries:
             metrics.apply.observe(time.perf_counter() - started)
         self._applied_changed.set()
@@ -712,9 +672,7 @@ class Member:
         if node.leader == 0:
             return
         term = node.core.term
-        for pending in list(self._pending.values()):
-            if pending.term < term:
-                pending.settle()
+        self._pending.give_up_older_than(term)
 
     async def _expiry_loop(self) -> None:
         """Revoke expired leases through Raft, but only after confirming, with
@@ -935,27 +893,47 @@ class Member:
         return (await self.write_many([request]))[0]
 
     async def write_many(self, requests: list[WriteRequest]) -> list[Response | Error]:
-        """Answers to writes (already checked by :meth:`answer_now`), in order:
-        :meth:`submit_writes`, then :meth:`await_writes`."""
-        return await self.await_writes(self.submit_writes(requests))
+        """Answers to writes (already checked by :meth:`answer_now`), in order
+        (:meth:`submit_writes`, waited for)."""
+        done = trio.Event()
+        result: list[Response | Error] = []
 
-    def submit_writes(self, requests: list[WriteRequest]) -> WriteGroup:
+        def on_answers(answers: list[Response | Error]) -> None:
+            result.extend(answers)
+            done.set()
+
+        self.submit_writes(requests, on_answers)
+        await done.wait()
+        return result
+
+    def submit_writes(
+        self, requests: list[WriteRequest], on_answers: Callable[[list[Response | Error]], None]
+    ) -> None:
         """Propose writes (already checked by :meth:`answer_now`) together, in
-        the node's next turn, without waiting; :meth:`await_writes` answers
-        them.  Never raises: whatever goes wrong is in the answers."""
+        the node's next turn, and return at once.  ``on_answers`` is called
+        once with their answers, in order: each once applied, or the error
+        saying why not and whether it may still happen; all within one
+        ``request_timeout``.  It is called from whichever task settles the
+        last of them (usually the node's, right after applying), so it must
+        not block."""
         node = self.node
         assert node is not None
-        group = WriteGroup(len(requests))
-        term = node.core.term
-        for _ in requests:
-            seq = next(self._seq)
-            write = _PendingWrite(group, term)
-            group.writes.append(write)
-            group.seqs.append(seq)
-            self._pending[seq] = write
+        seqs = [next(self._seq) for _ in requests]
+
+        def finished(group: WriteGroup) -> None:
+            try:
+                answers = [self._write_answer(write) for write in group.writes]
+            except Exception:
+                log.exception("member %s: answering %d writes failed", self.name, len(seqs))
+                error = _error(ErrorCode.INTERNAL, "internal error", definite=False)
+                answers = [error] * len(seqs)
+            on_answers(answers)
+
+        deadline = trio.current_time() + self.config.request_timeout
+        group = self._pending.open_group(seqs, node.core.term, deadline, finished)
         commands = [
             encode_command(Command(self.id, seq, request))
-            for seq, request in zip(group.seqs, requests, strict=True)
+            for seq, request in zip(seqs, requests, strict=True)
         ]
 
         def on_outcomes(outcomes: list[ProposalOutcome]) -> None:
@@ -965,21 +943,8 @@ class Member:
                     write.settle()
 
         node.submit_batch(commands, on_outcomes)
-        return group
 
-    async def await_writes(self, group: WriteGroup) -> list[Response | Error]:
-        """The answers to writes submitted together: each once applied, or the
-        error saying why not and whether it may still happen; all within one
-        ``request_timeout``."""
-        try:
-            with trio.move_on_after(self.config.request_timeout):
-                await group.done.wait()
-            return [self._write_answer(write) for write in group.writes]
-        finally:
-            for seq in group.seqs:
-                self._pending.pop(seq, None)
-
-    def _write_answer(self, write: _PendingWrite) -> Response | Error:
+    def _write_answer(self, write: PendingWrite) -> Response | Error:
         if write.response is not None:
             self.metrics.proposals_committed += 1
             return self._with_header(write.response)
