@@ -358,10 +358,10 @@ class _Connection:
     nursery) reads every :class:`~kvstore.api.ServerFrame` and wakes the waiter
     of its ``request_id``; answers for requests nobody waits for are dropped.
 
-    A request is written to the socket at once when nothing is ahead of it;
-    otherwise it queues in an :class:`~raft.outbox.Outbox`, whose writer task
-    sends everything queued in one system call, so concurrent callers never
-    wait on each other to write.
+    A lone request (nothing else in flight on the connection) is written to
+    the socket at once; otherwise requests queue in an
+    :class:`~raft.outbox.Outbox`, whose writer task sends everything queued in
+    one system call, so concurrent callers never wait on each other to write.
     """
 
     def __init__(self, endpoint: str, stream: trio.SocketStream) -> None:

@@ -23,9 +23,10 @@ that sends without reading stalls its own connection, nothing else.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
@@ -311,9 +312,15 @@ class _Connection:
         waiting for them."""
 
         def answered(answers: list[Response | Error]) -> None:
-            for (request_id, request, started), answer in zip(writes, answers, strict=True):
-                self._queue(request_id, answer, request, started)
-            self._deliver()
+            # Called from the member's tasks (usually the Raft node's): a bug
+            # here must cost this connection its answers, not the member.
+            try:
+                for (request_id, request, started), answer in zip(writes, answers, strict=True):
+                    self._queue(request_id, answer, request, started)
+                self._deliver()
+            except Exception:
+                log.exception("client %s: answering %d writes failed", self._peer, len(writes))
+                self._stream_broken()
 
         self._handler.submit_writes([request for _, request, _ in writes], answered)
 
@@ -359,6 +366,11 @@ class _Connection:
         alone = self._max_inflight - self._slots.value == slots
         if self._outbox.put(data, tokens=slots, may_write_now=alone):
             self._release_slots(slots)
+
+    def _stream_broken(self) -> None:
+        """Give up on the connection: its read loop sees it end, and so does the client."""
+        with suppress(OSError):
+            self._stream.socket.shutdown(socket.SHUT_RDWR)
 
     def _release_slots(self, count: int) -> None:
         for _ in range(count):

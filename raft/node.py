@@ -15,11 +15,11 @@ a lone entry (or none: a vote) is persisted in the node's own task instead, as
 etcd's raft loop does: with one write in flight there is little to overlap,
 and the hand-off to a thread costs more CPU and latency than it saves.
 
-The application consumes :attr:`RaftNode.committed` (an unbounded channel of
-:class:`ApplyBatch`, in log order), or sets :attr:`RaftNode.apply` to be
-handed each batch in the node's own task (a task switch less per batch),
-applies them to its state machine, and may hand back a snapshot of that state
-with :meth:`RaftNode.save_snapshot`.
+The application receives committed entries in log order, as
+:class:`ApplyBatch` es: from :attr:`RaftNode.committed` (an unbounded
+channel), or, if it sets :attr:`RaftNode.apply`, in the node's own task (a
+task switch less per batch).  It applies them to its state machine and may
+hand back a snapshot of that state with :meth:`RaftNode.save_snapshot`.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 A transport never blocks the core: :meth:`Transport.send` writes each peer's
 messages straight to its socket when it can (:mod:`raft.outbox`), else puts
-them on a bounded per-peer queue, and drops them (counting the drop and
-marking the peer unreachable) when the queue is full.  Raft tolerates lost messages; a stalled
-core does not tolerate a slow peer.
+them on a bounded per-peer queue (``queue_size`` writes, each the messages of
+one call), and drops them (counting the drop and marking the peer unreachable)
+when the queue is full.  Raft tolerates lost messages; a stalled core does not
+tolerate a slow peer.
 
 TCP wire format: length-prefixed frames (:mod:`raft.framing`).  The dialling
 side first sends a :class:`PeerHello` naming the cluster and both member ids;
