@@ -83,6 +83,7 @@ import enum
 import fcntl
 import itertools
 import logging
+import math
 import os
 import re
 import struct
@@ -94,6 +95,7 @@ from typing import Final
 
 import msgspec
 
+from raft import preallocate
 from raft.messages import ConfState, Entry, HardState, SnapshotMeta
 from raft.storage import SentinelLog, UnavailableError
 
@@ -475,6 +477,8 @@ class WAL:
         self._failed: OSError | None = None
         self._closed = False
         self._guard = _MutationGuard(self)
+        self._reserved_to: float = 0
+        """Blocks are reserved up to this offset of the current segment."""
         self._chunk_bytes = min(_CHUNK_BYTES, max_record_bytes // 2)
 
         _make_directory(self.directory)
@@ -618,6 +622,8 @@ class WAL:
             self._frame(buffer, record)
         if self._size + len(buffer) > self.segment_bytes and self._size > self._start_size:
             self._roll()
+        if self._size + len(buffer) > self._reserved_to:
+            self._reserve_ahead(self._size + len(buffer))
         _write_all(self._fd, buffer)
         self._size += len(buffer)
         self._unsynced = True
@@ -639,6 +645,15 @@ class WAL:
     def _fsync_directory(self) -> None:
         fsync_directory(self.directory)
         self.dir_fsync_count += 1
+
+    def _reserve_ahead(self, end: int) -> None:
+        """Reserve disk blocks past ``end`` (see :mod:`raft.preallocate`);
+        after a failure, stop trying for this WAL."""
+        target = end + preallocate.RESERVE_BYTES
+        if preallocate.reserve(self._fd, self._size, target - self._size):
+            self._reserved_to = target
+        else:
+            self._reserved_to = math.inf
 
     def _roll(self) -> None:
         if self._unsynced:
@@ -678,6 +693,8 @@ class WAL:
             raise
         self._fd = fd
         self._size = self._start_size = len(buffer)
+        if self._reserved_to != math.inf:
+            self._reserved_to = 0
         self._unsynced = False
         self._segments.append(segment)
         self._fsync_directory()

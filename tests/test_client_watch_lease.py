@@ -209,11 +209,14 @@ class FakeMember:
                 ),
             )
             return
+        # Where a watch "from now" starts is fixed before it is reported
+        # created (as a member does): a write the client makes once it has
+        # the created response must be seen.
+        following = max(1, start - self.replay_slack) if start else history.revision + 1
         await send(
             rid, api.WatchResponse(header=header(history.revision), watch_id=rid, created=True)
         )
         self.watch_created.set()
-        following = max(1, start - self.replay_slack) if start else history.revision + 1
         while True:
             # Take the wake-up events before looking, so no change is missed.
             changed, poked = history.changed, self._wake

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from raft import preallocate
 from raft.messages import ConfState, Entry, HardState, SnapshotMeta
 from raft.storage import UnavailableError
 from raft.wal import (
@@ -519,3 +520,53 @@ def test_entries_record_is_a_tagged_msgpack_array() -> None:
 
     encoded = msgspec.msgpack.encode(EntriesRecord(ents(1, 2)))
     assert encoded[0] == 0x92 and encoded[1] == 2  # [tag 2, [entries]]
+
+
+def _write_some(directory: Path) -> tuple[bytes, os.stat_result, tuple[object, ...]]:
+    with WAL(directory) as wal:
+        for index in range(1, 40, 3):
+            wal.save(ents(index, index + 3), HardState(term=1, vote=1, commit=index - 1))
+        (segment,) = wal.segment_paths()
+        return segment.read_bytes(), os.stat(segment), dump(wal)
+
+
+def test_blocks_reserved_ahead_change_neither_size_nor_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reserving disk blocks past the end of a segment (raft.preallocate) is
+    invisible: the file holds the same bytes as without, and replays."""
+    reserved_bytes, reserved_stat, state = _write_some(tmp_path / "reserved")
+    with monkeypatch.context() as patch:
+        patch.setattr(preallocate, "reserve", lambda fd, offset, length: False)
+        plain_bytes, plain_stat, _ = _write_some(tmp_path / "plain")
+    assert reserved_bytes == plain_bytes
+    assert reserved_stat.st_size == plain_stat.st_size == len(plain_bytes)
+    probe = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT)
+    try:
+        supported = preallocate.reserve(probe, 0, 4096)
+    finally:
+        os.close(probe)
+    if supported:
+        allocated = reserved_stat.st_blocks * 512
+        assert allocated >= len(reserved_bytes) + preallocate.RESERVE_BYTES // 2
+    with WAL(tmp_path / "reserved") as reopened:
+        assert dump(reopened) == state
+
+
+def test_a_log_that_cannot_reserve_blocks_works_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def refuse(fd: int, offset: int, length: int) -> bool:
+        calls.append(length)
+        return False
+
+    monkeypatch.setattr(preallocate, "reserve", refuse)
+    with WAL(tmp_path / "wal") as wal:
+        for index in range(1, 20):
+            wal.save(ents(index, index + 1), HardState(term=1, vote=1, commit=index - 1))
+        before = dump(wal)
+    assert len(calls) == 1  # tried once, then not again
+    with WAL(tmp_path / "wal") as reopened:
+        assert dump(reopened) == before
