@@ -81,12 +81,14 @@ class NodeConfig:
     persisted in the node's own task; see the module docstring."""
     max_pending_messages: int = 100_000
     """Incoming peer messages queued for the core before new ones are dropped."""
-    commit_broadcast_delay: float | None = 0.002
+    commit_broadcast_delay: float | None = 0.005
     """Seconds a leader may keep a new commit index to itself, waiting for the
     next AppendEntries to carry it, before it sends it alone; ``None`` sends it
     at once (:attr:`raft.core.Config.eager_commit_broadcast`).  Followers apply
     (and serve serializable reads and watches) up to this much later in a
-    quiet spell; under a stream of writes they handle half the messages."""
+    quiet spell; under a stream of writes they handle half the messages.  It
+    is kept well above a write's round trip: a lone client writing as fast
+    as it can must not set it off after every write on a slow machine."""
     read_round_interval: float = 0.001
     """Least seconds between the starts of two ReadIndex rounds.  Under load,
     reads that arrive meanwhile share the next round, so a heartbeat round
@@ -376,7 +378,8 @@ class RaftNode:
                 with trio.move_on_at(deadline):
                     await self._wakeup.wait()
             self._wakeup = trio.Event()
-            if trio.current_time() >= self._commit_broadcast_at:
+            at = self._commit_broadcast_at
+            if at != math.inf and trio.current_time() >= at:
                 self._commit_broadcast_at = math.inf  # rescheduled below if still due
                 self.core.broadcast_commit()
             await self._step_inputs()

@@ -58,7 +58,7 @@ def test_a_put_with_nothing_ahead_is_written_at_once() -> None:
 
 def test_a_burst_is_batched_and_a_lone_put_later_goes_straight_out() -> None:
     async def main() -> None:
-        outbox = Outbox(cork_seconds=0.001)
+        outbox = Outbox(cork_seconds=0.001, clock=trio.current_time)
         writer, reader = _pair()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(outbox.pump, writer)
