@@ -232,7 +232,7 @@ _EXCEPTIONS: dict[ErrorCode, type[KvError]] = {
     ErrorCode.INTERNAL: KvError,
 }
 
-_TRY_ELSEWHERE = frozenset(
+TRY_ELSEWHERE = frozenset(
     {
         ErrorCode.NO_LEADER,
         ErrorCode.NOT_LEADER,
@@ -1010,7 +1010,7 @@ class Client:
             call.unanswered = None
             if isinstance(answer, Error):
                 exc = error_to_exception(answer, write=call.write, endpoint=conn.endpoint)
-                if answer.code in _TRY_ELSEWHERE and not isinstance(exc, OutcomeUnknown):
+                if answer.code in TRY_ELSEWHERE and not isinstance(exc, OutcomeUnknown):
                     return _Retry(answer.message, answer.leader, exc)
                 raise exc
             return answer
@@ -1427,7 +1427,7 @@ class Watch:
             return f"canceled by the member: {answer.cancel_reason or 'no reason given'}"
         if isinstance(answer, Error):
             exc = error_to_exception(answer, write=False, endpoint=conn.endpoint)
-            if answer.code not in _TRY_ELSEWHERE:
+            if answer.code not in TRY_ELSEWHERE:
                 raise exc
             client._fail_over(conn, answer.leader)
             return answer.message

@@ -27,6 +27,7 @@ from kvstore.api import (
     SnapshotResponse,
 )
 from kvstore.client import (
+    TRY_ELSEWHERE,
     KvError,
     Unavailable,
     error_to_exception,
@@ -40,16 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["SnapshotDownload", "SnapshotIntegrityError", "save_snapshot"]
 
 _REQUEST_ID = 1
-_TRY_ELSEWHERE = frozenset(
-    {
-        ErrorCode.NO_LEADER,
-        ErrorCode.NOT_LEADER,
-        ErrorCode.UNAVAILABLE,
-        ErrorCode.STOPPED,
-        ErrorCode.TIMEOUT,
-        ErrorCode.LEADER_CHANGED,
-    }
-)
 
 
 class SnapshotIntegrityError(KvError):
@@ -204,7 +195,7 @@ class SnapshotDownload:
         response = frame.response
         if isinstance(response, Error):
             exc_ = error_to_exception(response, write=False, endpoint=endpoint)
-            if response.code in _TRY_ELSEWHERE and self.info is None:
+            if response.code in TRY_ELSEWHERE and self.info is None:
                 raise _TryElsewhere(response.message, exc_)
             raise exc_
         if frame.request_id != _REQUEST_ID or not isinstance(response, SnapshotResponse):

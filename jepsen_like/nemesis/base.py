@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+import trio
+
 from jepsen_like.cluster import AddressedCluster
 from jepsen_like.workload import Recorder
 
@@ -151,6 +153,30 @@ def plan_schedule(
         plan.append(PlannedFault(round(at, 3), nemesis.name, params, held))
         at += held + rng.uniform(*quiet)
     return plan
+
+
+def leader_or_member(rng: random.Random, members: Sequence[str]) -> str:
+    """``"leader"`` half the time, else a random member: one way of drawing
+    a target for every nemesis, so that seeds replay."""
+    return "leader" if rng.random() < 0.5 else rng.choice(list(members))
+
+
+async def running_target(
+    env: NemesisEnv, fault: PlannedFault, kind: str
+) -> tuple[FaultEvent, tuple[str, int] | None]:
+    """The event of ``fault`` on its target (``fault.params["target"]``,
+    resolved now) and that member with its pid; or the event marked skipped
+    (no leader, or the member not running) and ``None``."""
+    target = await trio.to_thread.run_sync(resolve_target, env, fault.params["target"])
+    event = FaultEvent(kind, kind, [], env.now(), details={"chosen": fault.params})
+    pid = env.cluster.pid_of(target) if target is not None else None
+    if target is None or pid is None:
+        event.outcome, event.end = "skipped", env.now()
+        event.details["reason"] = "no leader" if target is None else f"{target} not running"
+        return event, None
+    event.targets = [target]
+    event.details["pid"] = pid
+    return event, (target, pid)
 
 
 def resolve_target(env: NemesisEnv, target: str) -> str | None:

@@ -14,7 +14,13 @@ from typing import Any, ClassVar
 
 import trio
 
-from jepsen_like.nemesis.base import FaultEvent, NemesisEnv, PlannedFault, resolve_target
+from jepsen_like.nemesis.base import (
+    FaultEvent,
+    NemesisEnv,
+    PlannedFault,
+    leader_or_member,
+    running_target,
+)
 from kvstore.local_cluster import ClusterError
 
 __all__ = ["KillNemesis"]
@@ -34,20 +40,16 @@ class KillNemesis:
         return None
 
     def choose(self, rng: random.Random, members: Sequence[str]) -> dict[str, Any]:
-        return {"target": "leader" if rng.random() < 0.5 else rng.choice(list(members))}
+        return {"target": leader_or_member(rng, members)}
 
     async def prepare(self, env: NemesisEnv) -> None:
         return None
 
     async def apply(self, env: NemesisEnv, fault: PlannedFault) -> FaultEvent:
-        target = await trio.to_thread.run_sync(resolve_target, env, fault.params["target"])
-        event = FaultEvent("kill", "kill", [], env.now(), details={"chosen": fault.params})
-        if target is None or env.cluster.pid_of(target) is None:
-            event.outcome, event.end = "skipped", env.now()
-            event.details["reason"] = "no leader" if target is None else f"{target} not running"
+        event, running = await running_target(env, fault, "kill")
+        if running is None:
             return event
-        event.targets = [target]
-        event.details["pid"] = env.cluster.pid_of(target)
+        target, _ = running
         env.log(f"nemesis: kill -9 {target}")
         self._down.add(target)
         env.busy.add(target)

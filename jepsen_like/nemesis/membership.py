@@ -38,7 +38,13 @@ from typing import Any, ClassVar, TypeVar
 
 import trio
 
-from jepsen_like.nemesis.base import FaultEvent, NemesisEnv, PlannedFault, resolve_target
+from jepsen_like.nemesis.base import (
+    FaultEvent,
+    NemesisEnv,
+    PlannedFault,
+    leader_or_member,
+    resolve_target,
+)
 from kvstore.api import ErrorCode, Member
 from kvstore.client import Client, KvError
 from kvstore.local_cluster import ClusterError
@@ -86,7 +92,7 @@ class MembershipNemesis:
         return None
 
     def choose(self, rng: random.Random, members: Sequence[str]) -> dict[str, Any]:
-        return {"target": "leader" if rng.random() < 0.5 else rng.choice(list(members))}
+        return {"target": leader_or_member(rng, members)}
 
     async def prepare(self, env: NemesisEnv) -> None:
         return None

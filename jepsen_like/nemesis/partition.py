@@ -28,7 +28,13 @@ from typing import Any, ClassVar
 
 import trio
 
-from jepsen_like.nemesis.base import FaultEvent, NemesisEnv, PlannedFault, resolve_target
+from jepsen_like.nemesis.base import (
+    FaultEvent,
+    NemesisEnv,
+    PlannedFault,
+    leader_or_member,
+    resolve_target,
+)
 from jepsen_like.nemesis.iptables import Firewall, FirewallError, unavailable_reason
 
 __all__ = ["SHAPES", "PartitionNemesis", "blocked_pairs"]
@@ -82,7 +88,7 @@ class PartitionNemesis:
         names = list(members)
         shape = rng.choice(SHAPES)
         if shape == "isolate":
-            return {"shape": shape, "target": "leader" if rng.random() < 0.5 else rng.choice(names)}
+            return {"shape": shape, "target": leader_or_member(rng, names)}
         if shape == "majority":
             return {"shape": shape, "minority": sorted(rng.sample(names, len(names) // 2))}
         if shape == "bridge":
@@ -97,7 +103,7 @@ class PartitionNemesis:
             }
         return {
             "shape": shape,
-            "target": "leader" if rng.random() < 0.5 else rng.choice(names),
+            "target": leader_or_member(rng, names),
             "direction": rng.choice(["in", "out"]),
         }
 

@@ -15,7 +15,13 @@ from typing import Any, ClassVar
 
 import trio
 
-from jepsen_like.nemesis.base import FaultEvent, NemesisEnv, PlannedFault, resolve_target
+from jepsen_like.nemesis.base import (
+    FaultEvent,
+    NemesisEnv,
+    PlannedFault,
+    leader_or_member,
+    running_target,
+)
 
 __all__ = ["PauseNemesis"]
 
@@ -32,21 +38,16 @@ class PauseNemesis:
         return None
 
     def choose(self, rng: random.Random, members: Sequence[str]) -> dict[str, Any]:
-        return {"target": "leader" if rng.random() < 0.5 else rng.choice(list(members))}
+        return {"target": leader_or_member(rng, members)}
 
     async def prepare(self, env: NemesisEnv) -> None:
         return None
 
     async def apply(self, env: NemesisEnv, fault: PlannedFault) -> FaultEvent:
-        target = await trio.to_thread.run_sync(resolve_target, env, fault.params["target"])
-        event = FaultEvent("pause", "pause", [], env.now(), details={"chosen": fault.params})
-        pid = env.cluster.pid_of(target) if target is not None else None
-        if target is None or pid is None:
-            event.outcome, event.end = "skipped", env.now()
-            event.details["reason"] = "no leader" if target is None else f"{target} not running"
+        event, running = await running_target(env, fault, "pause")
+        if running is None:
             return event
-        event.targets = [target]
-        event.details["pid"] = pid
+        target, pid = running
         env.log(f"nemesis: SIGSTOP {target}")
         self._paused[target] = pid
         try:
