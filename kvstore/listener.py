@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import trio
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from kvstore.watch_stream import WatchStream
 
 log = logging.getLogger(__name__)
-
-_R = TypeVar("_R", bound=Request)
-"""A request type answered in batches."""
 
 _BATCHED_WRITES = (api.PutRequest, api.DeleteRangeRequest, api.TxnRequest)
 
@@ -304,7 +301,15 @@ class _Connection:
         self._deliver()
 
     async def _answer_reads(self, reads: list[tuple[int, api.RangeRequest, float]]) -> None:
-        await self._answer_batch(reads, self._handler.read_linearizable, "reads", definite=True)
+        """Answer linearizable reads received together, after one shared wait;
+        if that fails unexpectedly, each gets a (definite) internal error."""
+        try:
+            responses = await self._handler.read_linearizable([request for _, request, _ in reads])
+        except Exception:
+            log.exception("client %s: %d reads failed", self._peer, len(reads))
+            error = Error(code=ErrorCode.INTERNAL, message="internal error", definite=True)
+            responses = [error] * len(reads)
+        self._answer_all(reads, responses)
 
     def _submit_writes(self, writes: list[tuple[int, WriteRequest, float]]) -> None:
         """Propose ``writes`` now (the node sees them in its next turn); their
@@ -315,32 +320,17 @@ class _Connection:
             # Called from the member's tasks (usually the Raft node's): a bug
             # here must cost this connection its answers, not the member.
             try:
-                for (request_id, request, started), answer in zip(writes, answers, strict=True):
-                    self._queue(request_id, answer, request, started)
-                self._deliver()
+                self._answer_all(writes, answers)
             except Exception:
                 log.exception("client %s: answering %d writes failed", self._peer, len(writes))
                 self._stream_broken()
 
         self._handler.submit_writes([request for _, request, _ in writes], answered)
 
-    async def _answer_batch(
-        self,
-        batch: Sequence[tuple[int, _R, float]],
-        answer_all: Callable[[list[_R]], Awaitable[list[Response | Error]]],
-        what: str,
-        *,
-        definite: bool,
+    def _answer_all(
+        self, batch: Sequence[tuple[int, Request, float]], responses: list[Response | Error]
     ) -> None:
-        """Answer requests received together with one call of ``answer_all``;
-        if it fails unexpectedly, each gets an internal error (``definite``:
-        whether they certainly did not happen)."""
-        try:
-            responses = await answer_all([request for _, request, _ in batch])
-        except Exception:
-            log.exception("client %s: %d %s failed", self._peer, len(batch), what)
-            error = Error(code=ErrorCode.INTERNAL, message="internal error", definite=definite)
-            responses = [error] * len(batch)
+        """Queue the answers to requests received together, and send them in one write."""
         for (request_id, request, started), response in zip(batch, responses, strict=True):
             self._queue(request_id, response, request, started)
         self._deliver()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Callable
 from typing import Final
 
 RESERVE_BYTES: Final = 1 << 20
@@ -24,7 +25,7 @@ RESERVE_BYTES: Final = 1 << 20
 _FALLOC_FL_KEEP_SIZE: Final = 1
 
 
-def _load_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -34,7 +35,8 @@ def _load_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     function.restype = ctypes.c_int
-    return function
+    fallocate: Callable[[int, int, int, int], int] = function
+    return fallocate
 
 
 _fallocate = _load_fallocate()
@@ -45,4 +47,4 @@ def reserve(fd: int, offset: int, length: int) -> bool:
     without changing its size; whether that worked."""
     if _fallocate is None:
         return False
-    return bool(_fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+    return _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0
