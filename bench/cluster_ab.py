@@ -44,10 +44,20 @@ SUITES: dict[str, list[str]] = {
 }
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid``."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent neither idle nor waiting on I/O
+    (kernel threads such as the journal's included)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(field) for field in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -91,6 +101,7 @@ def run_suite(tree: str, port: int, suite: str) -> str:
         endpoints = [members[leader][1]] + [e for n, (_, e) in members.items() if n != leader]
         cpu_before = {name: _cpu_seconds(pid) for name, (pid, _) in members.items()}
         client_before = _children_cpu()
+        machine_before = _machine_busy_seconds()
         command = [sys.executable, "-m", "cli", "--endpoints", ",".join(endpoints), "-w", "json"]
         bench = subprocess.run(
             [*command, "bench", *SUITES[suite]],
@@ -104,17 +115,21 @@ def run_suite(tree: str, port: int, suite: str) -> str:
             return f"{suite}: bench failed: {bench.stderr.strip()}"
         result: dict[str, Any] = json.loads(bench.stdout.strip().splitlines()[-1])
         ops = max(result["succeeded"], 1)
+        machine_us = 1e6 * (_machine_busy_seconds() - machine_before) / ops
         client_us = 1e6 * (_children_cpu() - client_before) / ops
-        member_us = {
-            name: round(1e6 * (_cpu_seconds(pid) - cpu_before[name]) / ops)
-            for name, (pid, _) in members.items()
-        }
+        member_us: dict[str, str] = {}
+        for name, (pid, _) in members.items():
+            (user, system), (user_before, system_before) = _cpu_seconds(pid), cpu_before[name]
+            user_us = round(1e6 * (user - user_before) / ops)
+            system_us = round(1e6 * (system - system_before) / ops)
+            member_us[name] = f"{user_us + system_us} ({system_us} sys)"
         latency = result["latency_ms"]
         line = (
             f"{suite:5s} {result['ops_per_sec']:9.1f} ops/s  p50 {latency['p50']:.3f} "
             f"p90 {latency['p90']:.3f} p99 {latency['p99']:.3f} max {latency['max']:.3f} ms  "
             f"errors {result['errors']}  cpu us/op: client {client_us:.0f}, "
-            f"leader {member_us.pop(leader)}, followers {sorted(member_us.values())}"
+            f"leader {member_us.pop(leader)}, followers {sorted(member_us.values())}, "
+            f"machine {machine_us:.0f}"
         )
         if suite == "rss":
             time.sleep(2)

@@ -203,7 +203,7 @@ class Member:
     # -- Applying -------------------------------------------------------------------------
 
     def _apply_batch(self, node: RaftNode, batch: ApplyBatch) -> None:
-        """Apply one batch of committed entries (in the node's task: see
+        """Apply one batch of committed entries (in the node's turn: see
         :attr:`RaftNode.apply`), answer the writes this member proposed, and
         ask for a snapshot when one is due."""
         metrics = self.metrics

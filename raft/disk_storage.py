@@ -101,8 +101,7 @@ class DiskStorage:
     # -- Storage protocol ------------------------------------------------------------
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        state = self._wal.state
-        return state.hard_state, state.conf
+        return self._wal.hard_state, self._wal.state.conf
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         return self._wal.state.entries(lo, hi, max_bytes)
@@ -133,7 +132,9 @@ class DiskStorage:
 
     @property
     def hard_state(self) -> HardState:
-        return self._wal.state.hard_state
+        """The hard state last persisted (see :class:`~raft.wal.WAL` for the
+        commit index that goes out with the next write)."""
+        return self._wal.hard_state
 
     @property
     def conf(self) -> ConfState:
@@ -209,7 +210,8 @@ class DiskStorage:
         self._wal.mark_snapshot(meta)
         if self.keep_entries is not None:
             state = self._wal.state
-            cut = min(meta.index - self.keep_entries, state.hard_state.commit, state.last_index())
+            commit = self._wal.hard_state.commit
+            cut = min(meta.index - self.keep_entries, commit, state.last_index())
             if cut >= state.first_index():
                 self._wal.compact(cut)
         self._snapshots.prune(meta)

@@ -67,6 +67,14 @@ class FrameReader:
                 self._start = 0
             self._buffer += chunk
 
+    def has_buffered_frame(self) -> bool:
+        """Is a whole frame already received (so :meth:`read` returns at once)?"""
+        buffer, start = self._buffer, self._start
+        if len(buffer) - start < HEADER_SIZE:
+            return False
+        length: int = _HEADER.unpack_from(buffer, start)[0]
+        return start + HEADER_SIZE + length <= len(buffer)
+
     def read_buffered(self) -> bytes | None:
         """The next frame's payload if it is already received whole, else
         ``None``; never waits.  Raises :class:`FrameTooLarge` as :meth:`read`."""

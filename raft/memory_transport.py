@@ -6,14 +6,14 @@ from __future__ import annotations
 import trio
 
 from raft.messages import Message
-from raft.transport import Deliver
+from raft.transport import Inbox
 
 
 class MemoryNetwork:
     """Connects :class:`MemoryTransport` s; links can be cut one way or both."""
 
     def __init__(self) -> None:
-        self._members: dict[int, Deliver] = {}
+        self._members: dict[int, Inbox] = {}
         self.blocked: set[tuple[int, int]] = set()
         self.delivered = 0
 
@@ -29,10 +29,11 @@ class MemoryNetwork:
         self.blocked.clear()
 
     def _send(self, message: Message) -> None:
-        deliver = self._members.get(message.to)
-        if deliver is not None and (message.frm, message.to) not in self.blocked:
+        inbox = self._members.get(message.to)
+        if inbox is not None and (message.frm, message.to) not in self.blocked:
             self.delivered += 1
-            deliver(message)
+            inbox.deliver(message)
+            inbox.drained()
 
 
 class MemoryTransport:
@@ -45,9 +46,11 @@ class MemoryTransport:
             self._network._send(message)
 
     async def run(
-        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, inbox: Inbox, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        self._network._members[self.node_id] = deliver
+        """Register ``inbox`` until cancelled.  Each message is delivered
+        (and drained) in the sender's task, in the middle of its send."""
+        self._network._members[self.node_id] = inbox
         try:
             task_status.started()
             await trio.sleep_forever()

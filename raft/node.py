@@ -1,23 +1,33 @@
 """The trio driver: runs a :class:`~raft.core.RaftCore` against real time,
 real storage and a transport.
 
-One task owns the core.  Everything else (the ticker, the transport's
-receivers, callers proposing or reading) only queues inputs and wakes it.  The
-owner drains every queued input, then turns the core's Ready into actions in
-the contract's order: send the leader's traffic, persist (one fsync for the
-whole batch), send what needed the persist, hand committed entries to the
-application, advance.
+The core is driven in *turns*, never two at once: a turn steps every queued
+input, then turns each of the core's Readies into actions in the contract's
+order: send the leader's traffic, persist (one fsync for the whole batch),
+send what needed the persist, hand committed entries to the application,
+advance.  Everything else (the ticker, the transport's receivers, callers
+proposing or reading) queues inputs and wakes the node's task, which takes the
+next turn.
+
+Two inputs take their turn at once, in the caller's task, when the node is
+between turns: a burst of peer messages the transport has just handed over
+(:meth:`RaftNode.drained`), and a proposal reaching a leader with nothing in
+flight.  That saves a task switch on each hop of a lone write's path (the
+leader's proposal, the follower's append, the leader's ack).  Such a turn runs
+without waiting; a Ready whose persist must go to a thread is left to the
+node's task, which finishes the turn.  Under load the node's task is mostly
+mid-turn, and inputs gather for its next one as before.
 
 Group commit: inputs that arrive while the disk syncs all go into the next
 batch.  The fsync of a batch runs in a worker thread, so the member goes on
 reading requests, applying and answering while the disk syncs.  A Ready with
-a lone entry (or none: a vote) is persisted in the node's own task instead, as
+a lone entry (or none: a vote) is persisted in the turn's own task instead, as
 etcd's raft loop does: with one write in flight there is little to overlap,
 and the hand-off to a thread costs more CPU and latency than it saves.
 
 The application receives committed entries in log order, as
 :class:`ApplyBatch` es: from :attr:`RaftNode.committed` (an unbounded
-channel), or, if it sets :attr:`RaftNode.apply`, in the node's own task (a
+channel), or, if it sets :attr:`RaftNode.apply`, in the turn's task (a
 task switch less per batch).  It applies them to its state machine and may
 hand back a snapshot of that state with :meth:`RaftNode.save_snapshot`.
 """
@@ -78,7 +88,8 @@ class NodeConfig:
     storage, and under a mock clock, which would jump while a thread works)."""
     persist_inline_max_entries: int = 1
     """A Ready holding at most this many entries (and no snapshot) is
-    persisted in the node's own task; see the module docstring."""
+    persisted in the turn's own task, not a worker thread; see the module
+    docstring."""
     max_pending_messages: int = 100_000
     """Incoming peer messages queued for the core before new ones are dropped."""
     commit_broadcast_delay: float | None = 0.005
@@ -106,8 +117,9 @@ class ApplyBatch:
 
 
 Applier = Callable[[ApplyBatch], None]
-"""Applies one batch to the application's state machine, in the node's task:
-it must not block or await (it may queue inputs: propose, read_index, ...)."""
+"""Applies one batch to the application's state machine, in the turn (in the
+node's task or an input's, see the module docstring): it must not block or
+await (it may queue inputs: propose, read_index, ...)."""
 
 ConfListener = Callable[[ConfState, bytes], None]
 """Told the membership in effect and the context of the newest conf change in
@@ -204,7 +216,7 @@ class RaftNode:
         self._transfers: list[int] = []
         self._conf_changes: list[tuple[ConfChange, _Waiter]] = []
         self.conf_listener: ConfListener | None = None
-        """Called (in the node's task, before any message goes out) when the
+        """Called (in the turn, before any message goes out) when the
         membership changes, so the application can connect to new members
         before the leader sends them anything."""
         self._snapshots: list[tuple[SnapshotMeta, bytes, _Waiter]] = []
@@ -216,16 +228,31 @@ class RaftNode:
         self._leadership_changed = trio.Event()
         self.dropped_messages = 0
         self.fsyncs = 0
+        self._in_turn = True
+        """A turn is under way, or the loop has not started or has stopped:
+        inputs only queue and wake the node's task."""
+        self._parked: Ready | None = None
+        """A Ready an immediate turn left to the node's task (see the module docstring)."""
+        self._failure: Exception | None = None
+        """What an immediate turn raised, for the node's task to raise."""
+        self._idle_wait: trio.CancelScope | None = None
+        """The node's task's wait for its next turn (its deadline follows the timers)."""
 
     # -- Inputs from other tasks ------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
-        """Queue a message from a peer (the transport calls this)."""
+        """Queue a message from a peer for the turn :meth:`drained` brings
+        about (the transport calls both: :class:`~raft.transport.Inbox`)."""
         if len(self._incoming) >= self.config.max_pending_messages:
             self.dropped_messages += 1
             return
         self._incoming.append(message)
-        self._wakeup.set()
+
+    def drained(self) -> None:
+        """The transport has delivered everything it received: take the turn
+        now if the node is between turns, else wake the node's task (see the
+        module docstring)."""
+        self._take_turn_now()
 
     async def propose(self, data: bytes) -> int | None:
         """Hand ``data`` to the core; returns its index on the leader, ``None``
@@ -263,7 +290,11 @@ class RaftNode:
             on_outcomes([_NodeStopped("node stopped")] * len(data))
             return
         self._proposals.append((data, on_outcomes))
-        self._wakeup.set()
+        log = self.core.log
+        if len(self._proposals) == 1 and log.committed == log.last_index():
+            self._take_turn_now()  # nothing in flight: no batch to wait for
+        else:
+            self._wakeup.set()
 
     async def propose_conf_change(self, change: ConfChange) -> int:
         """Append a membership change on the leader; returns its log index.
@@ -342,7 +373,7 @@ class RaftNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.transport.run, self.deliver)
+            await nursery.start(self.transport.run, self)
             nursery.start_soon(self._ticker)
             self._notify_conf(self.core.conf_state())
             if self._initial_batch is not None:
@@ -353,6 +384,7 @@ class RaftNode:
                 await self._loop()
             finally:
                 self._stopped = True
+                self._in_turn = True
                 self._fail_reads(LeadershipLost("node stopped"))
                 for data, on_outcomes in self._proposals:
                     on_outcomes([_NodeStopped("node stopped")] * len(data))
@@ -367,25 +399,73 @@ class RaftNode:
             self._wakeup.set()
 
     async def _loop(self) -> None:
+        self._in_turn = False
         while True:
-            deadline = self._commit_broadcast_at
-            if self._read_queue and self._read_batch is None:
-                # Reads wait for the round interval to pass (see NodeConfig).
-                deadline = min(deadline, self._next_read_round)
-            if deadline == math.inf:
+            with trio.move_on_at(self._next_deadline()) as idle_wait:
+                self._idle_wait = idle_wait
                 await self._wakeup.wait()
-            else:
-                with trio.move_on_at(deadline):
-                    await self._wakeup.wait()
+            self._idle_wait = None
             self._wakeup = trio.Event()
-            at = self._commit_broadcast_at
-            if at != math.inf and trio.current_time() >= at:
-                self._commit_broadcast_at = math.inf  # rescheduled below if still due
-                self.core.broadcast_commit()
-            await self._step_inputs()
-            while self.core.has_ready():
-                await self._handle_ready(self.core.ready())
+            if self._failure is not None:
+                raise self._failure
+            self._in_turn = True
+            try:
+                await self._take_turn()
+            finally:
+                self._in_turn = False
+
+    def _next_deadline(self) -> float:
+        """When the node's task must take a turn even if nothing wakes it."""
+        deadline = self._commit_broadcast_at
+        if self._read_queue and self._read_batch is None:
+            # Reads wait for the round interval to pass (see NodeConfig).
+            deadline = min(deadline, self._next_read_round)
+        return deadline
+
+    async def _take_turn(self) -> None:
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            await self._handle_ready(parked)
+        self._broadcast_commit_if_due()
+        await self._step_inputs()
+        while self.core.has_ready():
+            await self._handle_ready(self.core.ready())
+        self._schedule_commit_broadcast()
+
+    def _take_turn_now(self) -> None:
+        """Take a turn in the caller's task if the node is between turns,
+        else wake the node's task; a Ready that must wait (see
+        :meth:`_persists_inline`) is parked for the node's task.  Never blocks."""
+        if self._in_turn or self._snapshots:
+            self._wakeup.set()
+            return
+        self._in_turn = True
+        try:
+            self._broadcast_commit_if_due()
+            self._step_inputs_now()
+            core = self.core
+            while core.has_ready():
+                ready = core.ready()
+                if not self._persists_inline(ready):
+                    self._parked = ready
+                    self._wakeup.set()
+                    return
+                self._handle_ready_now(ready)
             self._schedule_commit_broadcast()
+            idle_wait = self._idle_wait
+            if idle_wait is not None and idle_wait.deadline != (deadline := self._next_deadline()):
+                idle_wait.deadline = deadline
+        except Exception as error:
+            self._failure = error  # the node's task raises it: the node stops as if it had
+            self._wakeup.set()
+        finally:
+            self._in_turn = self._parked is not None or self._failure is not None
+
+    def _broadcast_commit_if_due(self) -> None:
+        at = self._commit_broadcast_at
+        if at != math.inf and trio.current_time() >= at:
+            self._commit_broadcast_at = math.inf  # rescheduled at the turn's end if still due
+            self.core.broadcast_commit()
 
     def _schedule_commit_broadcast(self) -> None:
         delay = self.config.commit_broadcast_delay
@@ -395,6 +475,14 @@ class RaftNode:
             self._commit_broadcast_at = trio.current_time() + delay
 
     async def _step_inputs(self) -> None:
+        self._step_inputs_now()
+        snapshots, self._snapshots = self._snapshots, []
+        for meta, data, waiter in snapshots:
+            await self._save_snapshot(meta, data)
+            waiter.resolve()
+
+    def _step_inputs_now(self) -> None:
+        """Step every queued input but the snapshots to record (which wait)."""
         core = self.core
         for _ in range(self._ticks):
             core.tick()
@@ -426,27 +514,36 @@ class RaftNode:
                 core.transfer_leadership(target)
             except RequestDropped:
                 log.info("node %d: no leader to transfer leadership from", self.id)
-        snapshots, self._snapshots = self._snapshots, []
-        for meta, data, waiter in snapshots:
-            await self._save_snapshot(meta, data)
-            waiter.resolve()
 
     async def _handle_ready(self, ready: Ready) -> None:
+        if self._persists_inline(ready):
+            self._handle_ready_now(ready)
+            return
+        self._before_persist(ready)
+        self.fsyncs += 1
+        started = time.perf_counter()
+        await self._storage_call(self.storage.persist, ready)
+        self.observer.wal_synced(time.perf_counter() - started)
+        self._after_persist(ready)
+
+    def _handle_ready_now(self, ready: Ready) -> None:
+        """:meth:`_handle_ready` for a Ready that :meth:`_persists_inline`."""
+        self._before_persist(ready)
+        if ready.must_sync:
+            self.fsyncs += 1
+            started = time.perf_counter()
+            self.storage.persist(ready)
+            self.observer.wal_synced(time.perf_counter() - started)
+        elif ready.snapshot is not None or ready.entries or ready.hard_state is not None:
+            self.storage.persist(ready)
+        self._after_persist(ready)
+
+    def _before_persist(self, ready: Ready) -> None:
         if ready.conf_state is not None:
             self._notify_conf(ready.conf_state)
         self.transport.send(ready.messages)
-        if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
-            if ready.must_sync:
-                self.fsyncs += 1
-            if ready.must_sync:
-                started = time.perf_counter()
-                if self._persist_inline(ready):
-                    self.storage.persist(ready)
-                else:
-                    await self._storage_call(self.storage.persist, ready)
-                self.observer.wal_synced(time.perf_counter() - started)
-            else:
-                self.storage.persist(ready)
+
+    def _after_persist(self, ready: Ready) -> None:
         self.transport.send(ready.persisted_messages)
         if ready.snapshot is not None:
             self._snapshot_index = ready.snapshot.meta.index
@@ -463,11 +560,16 @@ class RaftNode:
             self._on_soft_state(ready.soft_state.leader, ready.soft_state.role)
         self.core.advance(ready)
 
-    def _persist_inline(self, ready: Ready) -> bool:
-        """Is ``ready`` small enough to persist in the node's own task (see
-        the module docstring)?"""
+    def _persists_inline(self, ready: Ready) -> bool:
+        """Is ``ready`` persisted without waiting: no fsync, or one small
+        enough for the turn's own task (see the module docstring)?"""
         return (
-            ready.snapshot is None and len(ready.entries) <= self.config.persist_inline_max_entries
+            not ready.must_sync
+            or not self.config.storage_in_thread
+            or (
+                ready.snapshot is None
+                and len(ready.entries) <= self.config.persist_inline_max_entries
+            )
         )
 
     def _hand_over(self, batch: ApplyBatch) -> None:

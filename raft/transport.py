@@ -55,8 +55,18 @@ class PeerHello(msgspec.Struct, array_like=True):
 _hello_decoder = msgspec.msgpack.Decoder(PeerHello)
 
 
-Deliver = Callable[[Message], None]
-"""Where a transport hands each received message; must not block."""
+class Inbox(Protocol):
+    """Where a transport hands what it receives (the Raft node)."""
+
+    def deliver(self, message: Message) -> None:
+        """Queue one received message; never blocks."""
+        ...
+
+    def drained(self) -> None:
+        """Act on the messages delivered so far; never blocks.  A transport
+        calls it after each burst of deliveries (once it has no whole
+        message left to deliver), so that one turn steps them all."""
+        ...
 
 
 class Transport(Protocol):
@@ -66,11 +76,11 @@ class Transport(Protocol):
 
     async def run(
         self,
-        deliver: Deliver,
+        inbox: Inbox,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Receive messages and hand them to ``deliver`` until cancelled."""
+        """Receive messages and hand them to ``inbox`` until cancelled."""
         ...
 
 
@@ -114,7 +124,7 @@ class TcpTransport:
         self._max_frame = max_frame
         self._backoff = (backoff_min, backoff_max)
         self._nursery: trio.Nursery | None = None
-        self._deliver: Deliver | None = None
+        self._inbox: Inbox | None = None
         self._pending_peers = dict(peers)
         self.bound_port = listen[1]
         self.on_hello: Callable[[int, str], None] | None = None
@@ -162,6 +172,25 @@ class TcpTransport:
         for peer, address in peers.items():
             if peer != self.node_id and peer not in self._peers:
                 self._start_sender(peer, address)
+
+    async def _receive_messages(self, reader: FrameReader, peer: int) -> None:
+        """Deliver ``peer``'s messages until its connection ends; drained
+        after each burst (and at the end, for a burst cut short)."""
+        inbox = self._inbox
+        assert inbox is not None
+        try:
+            while (payload := await reader.read()) is not None:
+                self.stats.bytes_received[peer] += len(payload) + 4
+                message = decode_message(payload)
+                if message.frm != peer or message.to != self.node_id:
+                    raise FrameError(f"message {message.frm}->{message.to} on the link from {peer}")
+                inbox.deliver(message)
+                if type(message) is HeartbeatResponse:
+                    self._round_trips.answered(peer)
+                if not reader.has_buffered_frame():
+                    inbox.drained()
+        finally:
+            inbox.drained()
 
     def _start_sender(self, peer: int, address: Address) -> None:
         assert self._nursery is not None
@@ -215,11 +244,14 @@ class TcpTransport:
 
     async def run(
         self,
-        deliver: Deliver,
+        inbox: Inbox,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self._deliver = deliver
+        """Receive messages and hand them to ``inbox`` until cancelled; a
+        connection's receiver says :meth:`Inbox.drained` once it has
+        delivered every whole frame it has read."""
+        self._inbox = inbox
         listeners = await trio.open_tcp_listeners(self.listen[1], host=self.listen[0])
         self.bound_port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
@@ -249,20 +281,7 @@ class TcpTransport:
                 self.peer_metadata[peer] = hello.metadata
                 if self.on_hello is not None and hello.address:
                     self.on_hello(peer, hello.address)
-                while True:
-                    payload = await reader.read()
-                    if payload is None:
-                        return
-                    self.stats.bytes_received[peer] += len(payload) + 4
-                    message = decode_message(payload)
-                    if message.frm != peer or message.to != self.node_id:
-                        raise FrameError(
-                            f"message {message.frm}->{message.to} on the link from {peer}"
-                        )
-                    assert self._deliver is not None
-                    self._deliver(message)
-                    if type(message) is HeartbeatResponse:
-                        self._round_trips.answered(peer)
+                await self._receive_messages(reader, peer)
             except (FrameError, msgspec.DecodeError) as error:
                 log.warning(
                     "node %d: closing connection from peer %d: %s", self.node_id, peer, error

@@ -14,6 +14,13 @@ Durability contract
   are durable (fsynced) when they return.  Segments made redundant by
   compaction are deleted only after the record that makes them redundant is
   durable.
+* A hard state that only advances the commit index, saved with ``sync=False``
+  and no entries (a leader learning of a commit, a follower told of one
+  alone), is not written on its own: it goes out with the next write, or
+  with :meth:`WAL.sync` or :meth:`WAL.close`; :attr:`WAL.hard_state` has it
+  meanwhile.  The commit index is a hint that Raft learns again from the
+  leader; a crash may lose it, as it may lose any unsynced write.  That saves
+  a ``write`` on every write request's path through the leader.
 * Creating, renaming or removing a file is followed by an fsync of the directory.
 * Any ``OSError`` while writing leaves the file in an unknown state, so the WAL
   refuses every later call with :class:`WALFailedError`; reopening it (which
@@ -444,8 +451,8 @@ class WAL:
 
     ``conf`` is the membership to bootstrap with when the directory holds no
     segment yet; once written, the stored one wins.  :attr:`state` is the
-    recovered (and then live) content; treat it as read-only.  Not thread-safe:
-    the caller serializes all calls.
+    recovered (and then live) content as written; treat it as read-only.  Not
+    thread-safe: the caller serializes all calls.
     """
 
     def __init__(
@@ -472,6 +479,8 @@ class WAL:
         self._size = 0
         self._start_size = 0
         self._unsynced = False
+        self._unwritten_hard_state: HardState | None = None
+        """A hard state saved but not yet written (see the durability contract)."""
         self._compacted_unsynced = False
         """The log was compacted by a record not yet durable: segments await removal."""
         self._failed: OSError | None = None
@@ -498,6 +507,12 @@ class WAL:
             self._release_fds()
             raise
 
+    @property
+    def hard_state(self) -> HardState:
+        """The hard state last saved (``state.hard_state`` is the one last written)."""
+        unwritten = self._unwritten_hard_state
+        return self.state.hard_state if unwritten is None else unwritten
+
     # -- Writers ---------------------------------------------------------------------
 
     def save(
@@ -515,9 +530,12 @@ class WAL:
             records: list[Record] = [
                 EntriesRecord(chunk) for chunk in self._chunks(self.state.prepare_append(entries))
             ]
-            if hard_state is not None and hard_state != self.state.hard_state:
+            if hard_state is not None and hard_state != (latest := self.hard_state):
+                if not (records or sync) and _only_commit_advances(latest, hard_state):
+                    self._unwritten_hard_state = hard_state  # goes with the next write
+                    return
                 records.append(HardStateRecord(hard_state))
-            if records:
+            if records or (sync and self._unwritten_hard_state is not None):
                 self._write(records, sync=sync)
             elif sync and self._unsynced:  # nothing new, but earlier writes must be durable
                 self._fdatasync(self._fd)
@@ -555,7 +573,9 @@ class WAL:
     def sync(self) -> None:
         """Make every write so far durable (a no-op if nothing is unsynced)."""
         with self._mutating():
-            if self._unsynced:
+            if self._unwritten_hard_state is not None:
+                self._write([], sync=True)
+            elif self._unsynced:
                 self._fdatasync(self._fd)
             if self._compacted_unsynced:
                 self._remove_redundant_segments()
@@ -565,8 +585,11 @@ class WAL:
         if self._closed:
             return
         try:
-            if self._failed is None and self._unsynced and self._fd >= 0:
-                self._fdatasync(self._fd)
+            if self._failed is None and self._fd >= 0:
+                if self._unwritten_hard_state is not None:
+                    self._write([], sync=True)
+                elif self._unsynced:
+                    self._fdatasync(self._fd)
         finally:
             self._closed = True
             self._release_fds()
@@ -613,8 +636,17 @@ class WAL:
         _HEADER.pack_into(buffer, start, _MAGIC, length, crc, zlib.crc32(header))
 
     def _write(self, records: list[Record], *, sync: bool) -> None:
-        """Write ``records`` in one ``write`` (rolling first if the segment is full),
-        fsync if ``sync``, and only then apply them to :attr:`state`."""
+        """Write any unwritten hard state and ``records`` in one ``write``
+        (rolling first if the segment is full), fsync if ``sync``, and only
+        then apply them to :attr:`state`.
+
+        The unwritten hard state goes first: its commit index covers only
+        entries already written, and a snapshot or compaction record after it
+        may rely on it (recovery keeps a prefix of a torn write, so it never
+        finds a snapshot past the commit index it recovers)."""
+        unwritten, self._unwritten_hard_state = self._unwritten_hard_state, None
+        if unwritten is not None and not any(type(r) is HardStateRecord for r in records):
+            records = [HardStateRecord(unwritten), *records]
         if not records:
             return
         buffer = bytearray()
@@ -881,6 +913,10 @@ class WAL:
             self._fdatasync(fd)
         finally:
             os.close(fd)
+
+
+def _only_commit_advances(old: HardState, new: HardState) -> bool:
+    return new.term == old.term and new.vote == old.vote and new.commit > old.commit
 
 
 def _make_directory(path: Path) -> None:

@@ -18,8 +18,8 @@ import trio.testing
 from raft.core import Config
 from raft.errors import ProposalDropped
 from raft.memory_transport import MemoryNetwork
-from raft.messages import ConfState
-from raft.node import ApplyBatch, NodeConfig, RaftNode
+from raft.messages import ConfState, Message
+from raft.node import ApplyBatch, NodeConfig, ProposalOutcome, RaftNode
 from raft.ready import Role
 from raft.storage import MemoryStorage
 from raft.transport import TcpTransport
@@ -365,7 +365,8 @@ def test_cluster_over_loopback_tcp() -> None:
                 await nursery.start(node.run)
                 nursery.start_soon(appliers[node_id].run)
             with trio.fail_after(10):
-                await nodes[1].wait_for_leader()
+                for node in nodes.values():
+                    await node.wait_for_leader()  # else a proposal to it is refused
                 for n in range(50):
                     await nodes[1 + n % 3].propose(b"tcp-%d" % n)
                 # Forwarded proposals carry no order relative to each other,
@@ -378,3 +379,145 @@ def test_cluster_over_loopback_tcp() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+# -- Turns taken at once, in the caller's task ---------------------------------------------
+
+
+@asynccontextmanager
+async def lone_node(**options: Any) -> AsyncIterator[RaftNode]:
+    """A one-voter cluster whose node is leader, applying with ``node.apply``
+    (set it in the body; until then applied batches are dropped)."""
+    config = NodeConfig(raft=Config(id=1), tick_interval=0.01, storage_in_thread=False)
+    node = RaftNode(
+        dataclasses.replace(config, **options),
+        MemoryStorage(ConfState(voters=(1,))),
+        MemoryNetwork().transport(1),
+        random.Random(1),
+    )
+    node.apply = lambda batch: None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        while node.role is not Role.LEADER:
+            await trio.sleep(0.01)
+        while node.core.log.committed < node.core.log.last_index():
+            await trio.sleep(0.01)  # the new term's empty entry
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+def test_a_proposal_to_an_idle_leader_is_appended_and_applied_before_submit_returns() -> None:
+    """Nothing in flight, nothing to batch with: the proposal's turn is taken
+    in the caller's task (one voter, so it also commits and applies there).
+    With a write in flight, the next proposal waits for the node's turn."""
+
+    async def main() -> None:
+        async with lone_node() as node:
+            applied: list[bytes] = []
+            node.apply = lambda batch: applied.extend(e.data for e in batch.entries)
+            outcomes: list[ProposalOutcome] = []
+            node.submit_batch([b"now"], outcomes.extend)
+            assert len(outcomes) == 1 and isinstance(outcomes[0], int)
+            assert applied == [b"now"]
+
+            # The applier proposes in the middle of a turn: that waits for the next.
+            def propose_an_echo(batch: ApplyBatch) -> None:
+                for entry in batch.entries:
+                    applied.append(entry.data)
+                    if entry.data == b"ping":
+                        node.submit_batch([b"echo"], outcomes.extend)
+
+            node.apply = propose_an_echo
+            node.submit_batch([b"ping"], outcomes.extend)
+            assert applied == [b"now", b"ping"] and len(outcomes) == 2
+            await trio.testing.wait_all_tasks_blocked()
+            assert applied == [b"now", b"ping", b"echo"] and len(outcomes) == 3
+
+    trio.run(main, clock=mock_clock())
+
+
+class HeldMessages:
+    """An inbox that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def deliver(self, message: Message) -> None:
+        self.messages.append(message)
+
+    def drained(self) -> None:
+        pass
+
+
+def test_a_drained_burst_is_stepped_in_the_transports_task() -> None:
+    """What the transport hands over and then says is all (``drained``) is
+    stepped, persisted and answered before ``drained`` returns, when the node
+    is between turns; a commit broadcast that turn makes due still goes out
+    on time (the node's task, waiting, learns the new deadline)."""
+
+    async def main() -> None:
+        async with memory_cluster(tick_interval=1.0, commit_broadcast_delay=0.002) as cluster:
+            leader = await cluster.leader()
+            follower = next(n for n in cluster.nodes.values() if n is not leader)
+            await trio.sleep(0.5)  # everything before settles
+            # The test plays the transport for the leader and one follower.
+            to_follower, to_leader = HeldMessages(), HeldMessages()
+            cluster.network._members[follower.id] = to_follower
+            cluster.network._members[leader.id] = to_leader
+            index = await leader.propose(b"x")
+            assert index is not None
+            (append,) = to_follower.messages
+            follower.deliver(append)
+            assert follower.core.log.last_index() < index  # delivering only queues
+            follower.drained()
+            assert cluster.storages[follower.id].last_index() == index
+            (ack,) = [m for m in to_leader.messages if m.frm == follower.id]
+            leader.deliver(ack)
+            leader.drained()
+            assert leader.core.log.committed == index
+            committed_at = trio.current_time()
+            cluster.network._members[follower.id] = follower
+            cluster.network._members[leader.id] = leader
+            await cluster.appliers[follower.id].wait_applied(index)
+            assert trio.current_time() - committed_at == pytest.approx(0.002, abs=1e-6)
+
+    trio.run(main, clock=mock_clock())
+
+
+def test_a_batch_that_must_wait_for_its_fsync_is_finished_by_the_nodes_task() -> None:
+    """A Ready whose persist goes to a worker thread is left to the node's
+    task: the proposals are appended at once, but applied only after the
+    persist (real clock: threads and a mock clock don't mix)."""
+
+    async def main() -> None:
+        async with lone_node(storage_in_thread=True) as node:
+            applied: list[bytes] = []
+            node.apply = lambda batch: applied.extend(e.data for e in batch.entries)
+            outcomes: list[ProposalOutcome] = []
+            node.submit_batch([b"a", b"b"], outcomes.extend)
+            assert len(outcomes) == 2 and applied == []
+            assert node.storage.last_index() < node.core.log.last_index()
+            # Meanwhile, turns offered to the node only wake it.
+            node.drained()
+            with trio.fail_after(5):
+                while applied != [b"a", b"b"]:
+                    await trio.sleep(0.001)
+            assert node.storage.last_index() == node.core.log.last_index()
+
+    trio.run(main)
+
+
+def test_an_error_in_a_turn_taken_at_once_stops_the_node() -> None:
+    async def main() -> None:
+        with pytest.raises(BaseExceptionGroup) as raised:
+            async with lone_node() as node:
+
+                def broken(batch: ApplyBatch) -> None:
+                    raise RuntimeError("applier bug")
+
+                node.apply = broken
+                node.submit_batch([b"x"], lambda outcomes: None)
+                await trio.sleep_forever()
+        assert raised.group_contains(RuntimeError, match="applier bug", depth=None)
+
+    trio.run(main, clock=mock_clock())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -48,7 +49,7 @@ def dump(wal: WAL) -> tuple[object, ...]:
     state = wal.state
     first, last = state.first_index(), state.last_index()
     entries = state.entries(first, last + 1) if last >= first else []
-    return state.hard_state, state.snapshot, first, last, state.term(first - 1), entries
+    return wal.hard_state, state.snapshot, first, last, state.term(first - 1), entries
 
 
 def record_offsets(path: Path) -> list[int]:
@@ -570,3 +571,44 @@ def test_a_log_that_cannot_reserve_blocks_works_as_before(
     assert len(calls) == 1  # tried once, then not again
     with WAL(tmp_path / "wal") as reopened:
         assert dump(reopened) == before
+
+
+def recovered_after_a_crash(directory: Path, scratch: Path) -> tuple[object, ...]:
+    """What a crash now would recover: the files as they are (the WAL stays open)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(directory, scratch)
+    with WAL(scratch) as copy:
+        return dump(copy)
+
+
+def test_a_hard_state_advancing_only_the_commit_goes_out_with_the_next_write(
+    tmp_path: Path,
+) -> None:
+    """Saved alone and unsynced, it is held in memory: a crash recovers the
+    commit index written before (a hint Raft learns again); the next write,
+    sync() or close() writes it.  A term or vote change is written at once."""
+    directory, scratch = tmp_path / "wal", tmp_path / "scratch"
+    with WAL(directory) as wal:
+        wal.save(ents(1, 4), HardState(1, 1, 1))
+        before = dump(wal)
+        wal.save([], HardState(1, 1, 3), sync=False)
+        assert wal.hard_state == HardState(1, 1, 3)
+        assert recovered_after_a_crash(directory, scratch) == before
+
+        wal.save(ents(4, 6), None)
+        assert wal.state.hard_state == HardState(1, 1, 3)
+        assert recovered_after_a_crash(directory, scratch) == dump(wal)
+
+        wal.save([], HardState(1, 1, 5), sync=False)
+        wal.sync()
+        assert recovered_after_a_crash(directory, scratch) == dump(wal)
+        fsyncs = wal.fsync_count
+        wal.sync()
+        assert wal.fsync_count == fsyncs  # nothing left to write
+
+        wal.save([], HardState(2, 0, 5), sync=False)  # a new term: written at once
+        assert recovered_after_a_crash(directory, scratch) == dump(wal)
+        wal.save([], HardState(2, 0, 6), sync=False)
+        at_close = dump(wal)
+    with WAL(directory) as wal:
+        assert dump(wal) == at_close

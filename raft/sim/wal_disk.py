@@ -772,7 +772,9 @@ class WALDisk:
         return self._storage
 
     def _capture(self, storage: DiskStorage) -> _Claim:
-        return _Claim(storage.hard_state, storage_log_view(storage), storage.snapshot_meta())
+        # As written: a commit index not yet written is no claim (see raft.wal).
+        hard_state = storage.wal.state.hard_state
+        return _Claim(hard_state, storage_log_view(storage), storage.snapshot_meta())
 
     def _durable(self) -> _Claim:
         if self._claim is None:
