@@ -457,7 +457,9 @@ def test_an_invalid_watch_is_raised_from_async_with() -> None:
 def test_closing_a_watch_cancels_it_on_the_member_and_ends_iteration() -> None:
     async def test(nursery: trio.Nursery, history: History) -> None:
         member = await FakeMember.start(nursery, history, "a")
-        async with Client([member.endpoint], request_timeout=1.0) as client:
+        # A creation slower than the attempt timeout (a third of this) would
+        # be cancelled and retried: one cancel more, on a loaded machine.
+        async with Client([member.endpoint], request_timeout=3.0) as client:
             watch = client.watch("k")
             async with watch:
                 history.put(b"k")
