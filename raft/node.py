@@ -435,7 +435,8 @@ class RaftNode:
     def _take_turn_now(self) -> None:
         """Take a turn in the caller's task if the node is between turns,
         else wake the node's task; a Ready that must wait (see
-        :meth:`_persists_inline`) is parked for the node's task.  Never blocks."""
+        :meth:`_persists_inline`) is parked for the node's task.  Never
+        awaits (a lone entry's fsync does block the thread, as in any turn)."""
         if self._in_turn or self._snapshots:
             self._wakeup.set()
             return

@@ -63,9 +63,10 @@ class Inbox(Protocol):
         ...
 
     def drained(self) -> None:
-        """Act on the messages delivered so far; never blocks.  A transport
-        calls it after each burst of deliveries (once it has no whole
-        message left to deliver), so that one turn steps them all."""
+        """Act on the messages delivered so far (the node may take its turn
+        right here, a lone fsync included); never awaits.  A transport calls
+        it after each burst of deliveries (once it has no whole message left
+        to deliver), so that one turn steps them all."""
         ...
 
 
