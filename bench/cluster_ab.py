@@ -5,7 +5,8 @@ For each suite it starts a fresh local cluster (``kvctl cluster up``) with the
 tree's code, runs ``kvctl bench`` against it with the leader as the first
 endpoint, and prints one line: ops/s, latency percentiles, and the CPU time
 per operation of the bench client and of each member (from ``/proc``; the
-client's includes its start-up).  Suites:
+client's includes its start-up; a member's with its system share), and of the
+whole machine (every process and kernel thread, from ``/proc/stat``).  Suites:
 
 * ``seq``: ``bench put --clients 1 --total 3000`` (sequential put latency);
 * ``put``: ``bench put --clients 64 --total 30000``;
