@@ -317,7 +317,7 @@ class _Connection:
         waiting for them."""
 
         def answered(answers: list[Response | Error]) -> None:
-            # Called from the member's tasks (usually the Raft node's): a bug
+            # Called from the member's tasks (usually a Raft turn): a bug
             # here must cost this connection its answers, not the member.
             try:
                 self._answer_all(writes, answers)

@@ -910,12 +910,12 @@ class Member:
         self, requests: list[WriteRequest], on_answers: Callable[[list[Response | Error]], None]
     ) -> None:
         """Propose writes (already checked by :meth:`answer_now`) together, in
-        the node's next turn, and return at once.  ``on_answers`` is called
+        the node's next turn, without waiting.  ``on_answers`` is called
         once with their answers, in order: each once applied, or the error
         saying why not and whether it may still happen; all within one
         ``request_timeout``.  It is called from whichever task settles the
-        last of them (usually the node's, right after applying), so it must
-        not block."""
+        last of them (usually the Raft turn that applies them, which may be
+        taken before this returns), so it must not block."""
         node = self.node
         assert node is not None
         seqs = [next(self._seq) for _ in requests]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from raft import quorum
@@ -377,11 +378,7 @@ class RaftCore:
         :attr:`Config.eager_commit_broadcast`."""
         if self._role is not Role.LEADER:
             return False
-        committed = self.log.committed
-        for peer, progress in self._progress.items():
-            if progress.commit_sent < min(committed, progress.match) and peer != self._id:
-                return True
-        return False
+        return next(self._peers_unaware_of_commit(), None) is not None
 
     def broadcast_commit(self) -> None:
         """Send the commit index now to every peer that has not heard of it
@@ -389,10 +386,15 @@ class RaftCore:
         peer hears it with the next message it is sent)."""
         if self._role is not Role.LEADER:
             return
+        for peer in sorted(self._peers_unaware_of_commit()):
+            self._send_append(peer)
+
+    def _peers_unaware_of_commit(self) -> Iterator[int]:
+        """Peers holding entries up to a commit index they were not sent."""
         committed = self.log.committed
-        for peer, progress in sorted(self._progress.items()):
+        for peer, progress in self._progress.items():
             if peer != self._id and progress.commit_sent < min(committed, progress.match):
-                self._send_append(peer)
+                yield peer
 
     def step(self, message: Message) -> None:
         """Process one message addressed to this node."""

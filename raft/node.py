@@ -157,8 +157,9 @@ forwarded to the leader, or the :class:`~raft.errors.RequestDropped` that
 refused it (definitely not appended)."""
 
 OutcomeListener = Callable[[list[ProposalOutcome]], None]
-"""Told the outcome of every proposal of a batch, in order, in the node's
-task: it must not block or await."""
+"""Told the outcome of every proposal of a batch, in order, in the turn that
+proposes them (perhaps before :meth:`RaftNode.submit_batch` returns): it
+must not block or await."""
 
 
 @dataclass
@@ -196,8 +197,8 @@ class RaftNode:
         self._apply_send = send
         self.committed: trio.MemoryReceiveChannel[ApplyBatch] = receive
         self.apply: Applier | None = None
-        """If set before :meth:`run`, every batch goes to it (in the node's
-        task, before the Ready is advanced) instead of to :attr:`committed`."""
+        """If set before :meth:`run`, every batch goes to it (in the turn,
+        before the Ready is advanced) instead of to :attr:`committed`."""
         self._initial_batch = ApplyBatch(initial, []) if initial.meta.index > 0 else None
 
         self._wakeup = trio.Event()
@@ -282,9 +283,10 @@ class RaftNode:
         return result
 
     def submit_batch(self, data: list[bytes], on_outcomes: OutcomeListener) -> None:
-        """Queue every item of ``data`` for the core's next turn, without
-        waiting: ``on_outcomes`` is told what became of each (in the node's
-        task).  If the node stops first (or has stopped), every outcome is a
+        """Hand every item of ``data`` to the core's next turn (taken at once
+        if nothing is in flight, see the module docstring), without waiting:
+        ``on_outcomes`` is told what became of each, in that turn.  If the
+        node stops first (or has stopped), every outcome is a
         :class:`~raft.errors.RequestDropped` and none was appended."""
         if self._stopped:
             on_outcomes([_NodeStopped("node stopped")] * len(data))
@@ -521,23 +523,26 @@ class RaftNode:
             self._handle_ready_now(ready)
             return
         self._before_persist(ready)
-        self.fsyncs += 1
         started = time.perf_counter()
         await self._storage_call(self.storage.persist, ready)
-        self.observer.wal_synced(time.perf_counter() - started)
+        self._synced(started)
         self._after_persist(ready)
 
     def _handle_ready_now(self, ready: Ready) -> None:
         """:meth:`_handle_ready` for a Ready that :meth:`_persists_inline`."""
         self._before_persist(ready)
         if ready.must_sync:
-            self.fsyncs += 1
             started = time.perf_counter()
             self.storage.persist(ready)
-            self.observer.wal_synced(time.perf_counter() - started)
+            self._synced(started)
         elif ready.snapshot is not None or ready.entries or ready.hard_state is not None:
             self.storage.persist(ready)
         self._after_persist(ready)
+
+    def _synced(self, started: float) -> None:
+        """Count a persist with an fsync that began at ``started``."""
+        self.fsyncs += 1
+        self.observer.wal_synced(time.perf_counter() - started)
 
     def _before_persist(self, ready: Ready) -> None:
         if ready.conf_state is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -29,6 +30,18 @@ async def _read_exactly(stream: trio.SocketStream, size: int) -> bytes:
     return bytes(data)
 
 
+@contextlib.asynccontextmanager
+async def _pumping(outbox: Outbox) -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
+    """A fresh connection (writer, reader) that ``outbox`` pumps, idle when
+    the body starts; the pump stops on exit."""
+    writer, reader = _pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.pump, writer)
+        await trio.testing.wait_all_tasks_blocked()
+        yield writer, reader
+        nursery.cancel_scope.cancel()
+
+
 def _fill(stream: trio.SocketStream) -> bytes:
     """Write to ``stream`` until its socket would block; returns what was written."""
     written = 0
@@ -43,15 +56,11 @@ def test_a_put_with_nothing_ahead_is_written_at_once() -> None:
     async def main() -> None:
         taken: list[int] = []
         outbox = Outbox(on_taken=taken.append)
-        writer, reader = _pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.pump, writer)
-            await trio.testing.wait_all_tasks_blocked()
+        async with _pumping(outbox) as (_, reader):
             assert outbox.put(b"hello", tokens=1)
             assert len(outbox) == 0
             assert await _read_exactly(reader, 5) == b"hello"
             assert taken == []  # written directly: the caller accounts for it
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -59,10 +68,7 @@ def test_a_put_with_nothing_ahead_is_written_at_once() -> None:
 def test_a_burst_is_batched_and_a_lone_put_later_goes_straight_out() -> None:
     async def main() -> None:
         outbox = Outbox(cork_seconds=0.001, clock=trio.current_time)
-        writer, reader = _pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.pump, writer)
-            await trio.testing.wait_all_tasks_blocked()
+        async with _pumping(outbox) as (_, reader):
             assert outbox.put(b"a")  # straight out
             assert [outbox.put(b"b"), outbox.put(b"c")] == [False, False]  # corked: queued
             assert await _read_exactly(reader, 3) == b"abc"
@@ -75,7 +81,6 @@ def test_a_burst_is_batched_and_a_lone_put_later_goes_straight_out() -> None:
                 assert not outbox.put(bytes([letter]))
                 await outbox.drained()
             assert await _read_exactly(reader, 3) == b"efg"
-            nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -84,10 +89,7 @@ def test_puts_behind_a_blocked_socket_queue_and_go_out_in_order() -> None:
     async def main() -> None:
         taken: list[int] = []
         outbox = Outbox(on_taken=taken.append)
-        writer, reader = _pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.pump, writer)
-            await trio.testing.wait_all_tasks_blocked()
+        async with _pumping(outbox) as (writer, reader):
             filler = _fill(writer)
             chunks = [bytes([65 + n]) * 3000 for n in range(5)]
             results = [outbox.put(chunk, tokens=1) for chunk in chunks]
@@ -97,7 +99,6 @@ def test_puts_behind_a_blocked_socket_queue_and_go_out_in_order() -> None:
             assert received == filler + b"".join(chunks)
             await outbox.drained()
             assert sum(taken) == 5
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -120,14 +121,11 @@ def test_puts_before_the_connection_wait_for_it() -> None:
 def test_the_rest_of_a_partly_written_chunk_is_not_sent_on_the_next_connection() -> None:
     async def main() -> None:
         outbox = Outbox()
-        first, first_reader = _pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.pump, first)
-            await trio.testing.wait_all_tasks_blocked()
+        async with _pumping(outbox) as (_, first_reader):
             big = b"p" * 1_000_000
             assert outbox.put(big)  # some of it went out, the rest queued
             assert len(outbox) == 1
-            nursery.cancel_scope.cancel()  # the connection ends
+        # The pump stopped: the connection ended.
         assert not outbox.put(b"whole")  # no connection: queued
         second, second_reader = _pair()
         async with trio.open_nursery() as nursery:
